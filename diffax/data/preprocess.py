@@ -1,0 +1,65 @@
+"""Per-example preprocessing (numpy, runs in grain's reader threads or worker processes).
+
+Images arrive as uint8 (H, W, C) and leave as float32 in [-1, 1]: `x = pixel / 127.5 - 1`, the DDPM convention
+(Ho et al. 2020, Sec. 3.3).
+"""
+
+import dataclasses
+
+import grain
+import numpy as np
+import PIL.Image
+
+
+def center_crop_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Crops the largest centred window with the aspect ratio of `size`, then resizes it to `size` (bicubic).
+
+    Args:
+      image: uint8 (H, W, C).
+      size: target (height, width).
+    Returns:
+      uint8 (height, width, C); `image` itself when it already has that size.
+    """
+    height, width = image.shape[:2]
+    if (height, width) == tuple(size):
+        return image
+    crop_height = min(height, round(width * size[0] / size[1]))
+    crop_width = min(width, round(height * size[1] / size[0]))
+    top, left = (height - crop_height) // 2, (width - crop_width) // 2
+    window = image[top : top + crop_height, left : left + crop_width]
+    channels = [
+        np.asarray(PIL.Image.fromarray(window[..., c]).resize(size[::-1], PIL.Image.Resampling.BICUBIC))
+        for c in range(image.shape[-1])
+    ]
+    return np.stack(channels, axis=-1)
+
+
+def to_unit_range(image: np.ndarray) -> np.ndarray:
+    """uint8 pixels 0..255 -> float32 in [-1, 1]."""
+    return image.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessImage(grain.transforms.RandomMap):
+    """TFDS example -> {"image": float32 (h, w, C) in [-1, 1], "label": int32 ()}.
+
+    Attributes:
+      image_size: (h, w) to centre-crop and resize to, or None to keep the stored size.
+      random_flip: flip left-right with probability 1/2.
+      image_key: the image feature's name.
+      label_key: the label feature's name, or None for unlabelled data (label 0).
+    """
+
+    image_size: tuple[int, int] | None
+    random_flip: bool
+    image_key: str = "image"
+    label_key: str | None = "label"
+
+    def random_map(self, element: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        image = element[self.image_key]
+        if self.image_size is not None:
+            image = center_crop_resize(image, self.image_size)
+        if self.random_flip and rng.random() < 0.5:
+            image = image[:, ::-1]
+        label = element[self.label_key] if self.label_key else 0
+        return {"image": to_unit_range(image), "label": np.int32(label)}

@@ -1,0 +1,87 @@
+"""The sampling driver: one `lax.scan` over a time grid with any registered solver.
+
+    x_T = sigma(t_0) * noise;  x_{i+1} = step(x_i, t_i -> t_{i+1});  optionally x = x0_fn(x_N, t_N) at the end.
+
+The grid is an array argument, so a jitted sampler compiles once per (data shape, number of steps, solver, options)
+and reuses the executable for any grid values. Randomness is `fold_in(key, i)` at step i: the same key gives the
+same samples, whatever the batch size of other calls or the device layout.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from diffax.sampling import ancestral, dpm_solver, ode, sde
+from diffax.sampling.common import Solver, StepContext, X0Fn
+from diffax.schedules import Schedule
+
+Array = jax.Array
+
+SOLVERS: dict[str, Solver] = {**ancestral.SOLVERS, **ode.SOLVERS, **sde.SOLVERS, **dpm_solver.SOLVERS}
+
+
+def get_solver(method: str) -> Solver:
+    if method not in SOLVERS:
+        raise ValueError(f"unknown sampling method {method!r}; expected one of {sorted(SOLVERS)}")
+    return SOLVERS[method]
+
+
+def sample(x0_fn: X0Fn, schedule: Schedule, noise: Array, grid: Array, method: str = "dpmpp_2m",
+           key: Array | None = None, *, denoise_final: bool = True, return_trajectory: bool = False,
+           **options) -> Array | tuple[Array, Array]:
+    """Runs the reverse process from pure noise.
+
+    Args:
+      x0_fn: denoiser x0_fn(x_t (B, *data), t (B,)) -> x0_hat (B, *data); conditioning closed over
+        (see `guidance.classifier_free_guidance`).
+      schedule: the forward process the denoiser was trained for.
+      noise: (B, *data) standard normal draws; the start is sigma(grid[0]) * noise.
+      grid: (N + 1,) decreasing times from `schedules.time_grid`.
+      method: a key of SOLVERS; options are passed to its step (eta, churn, order, snr, ...).
+      key: PRNG key, required by stochastic solvers.
+      denoise_final: finish with x0_fn(x, grid[-1]) when sigma(grid[-1]) > 0 (VE/EDM grids end above zero noise).
+      return_trajectory: also return the (N + 1, B, *data) states x_0, ..., x_N (before the final denoise).
+    Returns:
+      samples (B, *data), and the trajectory if asked for.
+    """
+    solver = get_solver(method)
+    if key is None:
+        if solver.is_stochastic(options):
+            raise ValueError(f"sampling method {method!r} with options {options} is stochastic: pass a PRNG key")
+        key = jax.random.key(0)
+    grid = jnp.asarray(grid, jnp.float32)
+    if grid.ndim != 1 or grid.shape[0] < 2:
+        raise ValueError(f"grid must be a 1-D array of at least 2 times, got shape {grid.shape}")
+    num_steps = grid.shape[0] - 1
+    x = schedule.sigma(grid[0]) * noise
+    step = jax.tree_util.Partial(solver.step, **options) if options else solver.step
+
+    def body(carry, inputs):
+        x, state = carry
+        index, t, t_next = inputs
+        ctx = StepContext(x0_fn, schedule, index, num_steps, jax.random.fold_in(key, index))
+        x_next, state = step(ctx, x, state, t, t_next)
+        return (x_next, state), (x_next if return_trajectory else None)
+
+    steps = (jnp.arange(num_steps), grid[:-1], grid[1:])
+    (x, _), trajectory = jax.lax.scan(body, (x, solver.init(x)), steps)
+    if return_trajectory:
+        trajectory = jnp.concatenate([(schedule.sigma(grid[0]) * noise)[None], trajectory])
+    if denoise_final:
+        t_end = grid[-1]
+        x = jax.lax.cond(schedule.sigma(t_end) > 0,
+                         lambda x: x0_fn(x, jnp.full(x.shape[:1], t_end)).astype(x.dtype), lambda x: x, x)
+    return (x, trajectory) if return_trajectory else x
+
+
+def make_sampler(x0_fn: X0Fn, schedule: Schedule, method: str = "dpmpp_2m", **options) -> Callable:
+    """A jitted `sampler(noise, grid, key=None)`; compiles once per noise shape and grid length."""
+
+    @jax.jit
+    def sampler(noise: Array, grid: Array, key: Array | None = None) -> Array:
+        return sample(x0_fn, schedule, noise, grid, method, key, **options)
+
+    return sampler
