@@ -92,6 +92,13 @@ def score_from_x0(x0_hat: Array, x_t: Array, t: Array, schedule: Schedule) -> Ar
     return (alpha * x0_hat - x_t) / sigma**2
 
 
+def probability_flow_velocity(x0_hat: Array, x_t: Array, t: Array, schedule: Schedule) -> Array:
+    """dx_t/dt of the probability-flow ODE: alpha'(t) x0_hat + sigma'(t) eps_hat (Song et al. 2021, in the
+    parameterization-free form: the forward process's time derivative at the posterior means of x0 and eps)."""
+    alpha, sigma, dalpha, dsigma = _coefficients(x_t, t, schedule)
+    return dalpha * x0_hat + dsigma * (x_t - alpha * x0_hat) / sigma
+
+
 def network_inputs(prediction: str, x_t: Array, t: Array, schedule: Schedule, noise_conditioning: str = "time",
                    sigma_data: float = 0.5) -> tuple[Array, Array]:
     """What the network sees: (x_in, noise_level of shape (batch,)).

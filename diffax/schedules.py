@@ -345,9 +345,9 @@ def time_grid(schedule: Schedule, num_steps: int, kind: str = "uniform", *, t_st
       uniform     equal steps in t
       quadratic   t_end + (t_start - t_end) (1 - i/N)^2 (Song et al. 2021, DDIM), denser near the data
       karras      equal steps in sigma~^(1/rho) with sigma~ = sigma / alpha = exp(-log_snr / 2) (Karras et al. 2022,
-                  eq. 5); with the EDM schedule these are exactly the paper's sigmas. Where sigma~ is 0 at t_end
-                  (or infinite at t_start), the steps run to karras_sigma_range's end and one step more reaches t_end
-                  (t_start), as EDM appends sigma = 0
+                  eq. 5); with the EDM schedule these are exactly the paper's sigmas. Where sigma~(t_end) or
+                  sigma~(t_start) lies outside karras_sigma_range, the steps run to the range's end and one step
+                  more reaches t_end (t_start), as EDM appends sigma = 0
       log_snr     equal steps in log-SNR (Lu et al. 2022, DPM-Solver); needs a finite log-SNR at t_end
       trailing    uniform steps snapped to the num_train_steps training grid, starting from t = 1
                   (Lin et al. 2023, Table 2), for models trained on a discrete grid
@@ -364,10 +364,11 @@ def time_grid(schedule: Schedule, num_steps: int, kind: str = "uniform", *, t_st
     elif kind == "karras":
         grid = _karras_grid(schedule, num_steps, t_start, t_end, rho, karras_sigma_range)
     elif kind == "log_snr":
-        lam_hi, lam_lo = schedule.log_snr(t_start), schedule.log_snr(t_end)
-        if not (np.isfinite(float(lam_hi)) and np.isfinite(float(lam_lo))):
-            raise ValueError(f"log_snr grid needs finite log-SNR at both ends; got {float(lam_hi)} at "
-                             f"t_start={t_start} and {float(lam_lo)} at t_end={t_end}: pass t_end > 0")
+        with jax.ensure_compile_time_eval():
+            lam_hi, lam_lo = float(schedule.log_snr(t_start)), float(schedule.log_snr(t_end))
+        if not (np.isfinite(lam_hi) and np.isfinite(lam_lo)):
+            raise ValueError(f"log_snr grid needs finite log-SNR at both ends; got {lam_hi} at "
+                             f"t_start={t_start} and {lam_lo} at t_end={t_end}: pass t_end > 0")
         grid = schedule.t_from_log_snr(lam_hi + fraction * (lam_lo - lam_hi))
     elif kind == "trailing":
         grid = jnp.round(num_train_steps * (t_start + (t_end - t_start) * fraction)) / num_train_steps
@@ -379,10 +380,13 @@ def time_grid(schedule: Schedule, num_steps: int, kind: str = "uniform", *, t_st
 
 def _karras_grid(schedule: Schedule, num_steps: int, t_start: float, t_end: float, rho: float,
                  sigma_range: tuple[float, float]) -> Array:
-    """Karras et al. 2022 eq. 5 between sigma~(t_start) and sigma~(t_end), substituting sigma_range's ends where
-    those are infinite or zero and then adding t_start / t_end as extra end points."""
-    sigma_hi, sigma_lo = (float(jnp.exp(-0.5 * schedule.log_snr(t))) for t in (t_start, t_end))
-    extend_hi, extend_lo = not np.isfinite(sigma_hi), sigma_lo <= 0.0
+    """Karras et al. 2022 eq. 5 between sigma~(t_start) and sigma~(t_end), clipped to sigma_range: an end outside it
+    (sigma~ = 0 at the data, sigma~ = inf for flows, 1.5e2 for VP-linear's t = 1) is replaced by the range's end,
+    and t_start / t_end is then added as one more point."""
+    with jax.ensure_compile_time_eval():  # python-float ends: usable inside jit too
+        sigma_hi, sigma_lo = (float(jnp.exp(-0.5 * schedule.log_snr(t))) for t in (t_start, t_end))
+    slack = 1.0 + 1e-5  # float32 rounding of the schedule's own ends
+    extend_hi, extend_lo = not sigma_hi <= sigma_range[1] * slack, sigma_lo * slack < sigma_range[0]
     num_points = num_steps + 1 - extend_hi - extend_lo
     if num_points < 2:
         raise ValueError(f"a karras grid from t={t_start} to t={t_end} needs num_steps >= {3 - num_points}")

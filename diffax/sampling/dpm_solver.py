@@ -4,8 +4,9 @@ With half log-SNR l = log(alpha / sigma) and step h = l(t_next) - l(t) > 0, the 
     x_next = (sigma_next / sigma) x + alpha_next int_l^l_next e^{-(l_next - u)} x0_hat(u) du,
 and the solvers expand x0_hat(u) in u: order 1 is DDIM; 2M and 3M extrapolate from the denoiser outputs of the last
 one or two steps (multistep, one call per step); 2S evaluates a midpoint (singlestep, two calls per step).
-Multistep orders warm up (order min(k, steps so far)), and every solver takes a first-order step onto sigma = 0,
-where h is infinite (the "lower order final" of the reference implementation).
+Multistep orders warm up (order min(k, steps so far)); 3M takes its first step with 2S (one extra denoiser call),
+since the local O(h^2) error of a first-order start would cap the global order at 2. Every solver takes a
+first-order step onto sigma = 0, where h is infinite (the "lower order final" of the reference implementation).
 """
 
 from __future__ import annotations
@@ -67,30 +68,38 @@ def multistep_step(ctx: StepContext, x, state, t, t_next, *, order: int):
         d1_1 = (history[0] - history[1]) / r1
         d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
         d2 = (d1_0 - d1_1) / (r0 + r1)
-        third = first + alpha_next * (1.0 - _phi1(h) / h) * d1 - alpha_next * (_phi2(h) - 0.5) * d2
+        third = first + alpha_next * (1.0 - _phi1(h) / h) * d1 - alpha_next * (2.0 * _phi2(h) - 1.0) * d2
         x_next = jnp.where(usable >= 2, third, x_next)
+        # Warm-up: a first-order first step would cap the global order at 2, so take it with 2S (one extra call).
+        x_next = jax.lax.cond(
+            (ctx.index == 0) & jnp.isfinite(h) & (sigma_next > 0),
+            lambda: _singlestep_second_order(ctx, x, x0_hat, t, h, sigma, sigma_next, alpha_next, 0.5),
+            lambda: x_next)
     new_state = (jnp.concatenate([x0_hat[None], history[:-1]]), jnp.concatenate([l_now[None], l_history[:-1]]))
     return x_next, new_state
 
 
+def _singlestep_second_order(ctx: StepContext, x, x0_hat, t, h, sigma, sigma_next, alpha_next, midpoint):
+    """DPM-Solver++(2S)'s update from a first denoiser output x0_hat: one more call at l + midpoint h."""
+    l_now = _half_log_snr(ctx.schedule, t)
+    t_mid = ctx.schedule.t_from_log_snr(2.0 * (l_now + midpoint * h))
+    alpha_mid, sigma_mid = ctx.schedule.alpha_sigma(t_mid)
+    u = _first_order(x, x0_hat, sigma, sigma_mid, alpha_mid, midpoint * h)
+    x0_mid = denoise(ctx, u, t_mid)
+    d = (1.0 - 0.5 / midpoint) * x0_hat + (0.5 / midpoint) * x0_mid
+    return _first_order(x, d, sigma, sigma_next, alpha_next, h)
+
+
 def singlestep_2s_step(ctx: StepContext, x, state, t, t_next, *, midpoint: float = 0.5):
     """DPM-Solver++(2S) (Lu et al. 2022, Algorithm 1): an intermediate point at l + midpoint h."""
-    alpha, sigma = ctx.schedule.alpha_sigma(t)
+    _, sigma = ctx.schedule.alpha_sigma(t)
     alpha_next, sigma_next = ctx.schedule.alpha_sigma(t_next)
-    l_now, l_next = _half_log_snr(ctx.schedule, t), _half_log_snr(ctx.schedule, t_next)
-    h = l_next - l_now
+    h = _half_log_snr(ctx.schedule, t_next) - _half_log_snr(ctx.schedule, t)
     x0_hat = denoise(ctx, x, t)
-    first = _first_order(x, x0_hat, sigma, sigma_next, alpha_next, h)
-
-    def second_order(_):
-        t_mid = ctx.schedule.t_from_log_snr(2.0 * (l_now + midpoint * h))
-        alpha_mid, sigma_mid = ctx.schedule.alpha_sigma(t_mid)
-        u = _first_order(x, x0_hat, sigma, sigma_mid, alpha_mid, midpoint * h)
-        x0_mid = denoise(ctx, u, t_mid)
-        d = (1.0 - 0.5 / midpoint) * x0_hat + (0.5 / midpoint) * x0_mid
-        return _first_order(x, d, sigma, sigma_next, alpha_next, h)
-
-    x_next = jax.lax.cond(jnp.isfinite(h) & (sigma_next > 0), second_order, lambda _: first, None)
+    x_next = jax.lax.cond(
+        jnp.isfinite(h) & (sigma_next > 0),
+        lambda: _singlestep_second_order(ctx, x, x0_hat, t, h, sigma, sigma_next, alpha_next, midpoint),
+        lambda: _first_order(x, x0_hat, sigma, sigma_next, alpha_next, h))
     return x_next, state
 
 

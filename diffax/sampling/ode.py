@@ -16,14 +16,13 @@ import math
 import jax
 import jax.numpy as jnp
 
-from diffax.sampling.common import Solver, StepContext, denoise, eps_from_x0
+from diffax.objectives import probability_flow_velocity
+from diffax.sampling.common import Solver, StepContext, denoise
 
 
 def ode_velocity(ctx: StepContext, x, t):
     """dx/dt of the probability-flow ODE at (x, t), from one denoiser call."""
-    alpha, sigma, dalpha, dsigma = ctx.schedule.derivatives(t)
-    x0_hat = denoise(ctx, x, t)
-    return dalpha * x0_hat + dsigma * eps_from_x0(x, x0_hat, alpha, sigma)
+    return probability_flow_velocity(denoise(ctx, x, t), x, t, ctx.schedule)
 
 
 def _churn(ctx: StepContext, x, t, churn: float, churn_min: float, churn_max: float, churn_noise: float):
@@ -39,8 +38,9 @@ def _churn(ctx: StepContext, x, t, churn: float, churn_min: float, churn_max: fl
     t_hat = jnp.where(gamma > 0, ctx.schedule.t_from_log_snr(-2.0 * jnp.log(sigma_tilde_hat)), t)
     alpha_hat = ctx.schedule.alpha(t_hat)
     noise = jax.random.normal(ctx.key, x.shape, x.dtype)
-    extra = alpha_hat * jnp.sqrt(sigma_tilde_hat**2 - sigma_tilde**2) * churn_noise
-    return (alpha_hat / alpha) * x + extra * noise, t_hat
+    extra = alpha_hat * sigma_tilde * jnp.sqrt(gamma * (2.0 + gamma)) * churn_noise  # sqrt(s_hat^2 - s^2)
+    # The where keeps sigma~ = inf (alpha = 0, outside any churn range) from turning 0 * inf into NaN.
+    return jnp.where(gamma > 0, (alpha_hat / alpha) * x + extra * noise, x), t_hat
 
 
 def euler_step(ctx: StepContext, x, state, t, t_next, *, churn: float = 0.0, churn_min: float = 0.0,
