@@ -4,11 +4,13 @@ Every process builds the same lazy `grain.MapDataset` over the *global* example 
 
     source -> shuffle(seed), reshuffled every epoch -> repeat(num_epochs) -> preprocess (random flip drawn from the
     seed and the global position) -> [finite epochs: cut to whole global batches] -> positions shard_index::shard_count
-    -> batches of b = global_batch_size // shard_count.
+    -> process p's block of every global batch -> batches of b = global_batch_size // shard_count.
 
-Process p's k-th batch holds the global positions (k * b + j) * shard_count + p for j < b, so the global batch k (the
-union over processes) is the positions [k * B, (k + 1) * B) of one stream whatever the number of processes: the data
-order does not depend on the topology, and in an epoch the processes see disjoint examples that together cover it.
+Process p's k-th batch holds the global positions k * B + p * b + j for j < b: the global batch k is the positions
+[k * B, (k + 1) * B) of one stream, in order, split into consecutive blocks by process, whatever the number of
+processes. `jax.make_array_from_process_local_data` puts process p's block at rows [p * b, (p + 1) * b) of the
+global array (devices are ordered by process), so the global array is the same on any topology, row for row. In an
+epoch the processes see disjoint examples that together cover it.
 
 The iterator's state is the number of batches it has yielded. Restoring slices the batched MapDataset there, so a
 resumed run sees exactly the batches the uninterrupted run would have, with any `worker_count` or process count.
@@ -93,6 +95,29 @@ class DataIterator:
         self._iterator = None  # Any read-ahead belongs to the old position.
 
 
+class _ShardBlocks(grain.MapDataset):
+    """Element i = k * b + j of shard p is element k * (b * shard_count) + p * b + j of the parent stream."""
+
+    def __init__(self, parent: grain.MapDataset, shard_index: int, shard_count: int, batch_size: int):
+        super().__init__(parent)
+        self._shard_index, self._shard_count, self._batch_size = shard_index, shard_count, batch_size
+
+    def __len__(self) -> int:
+        return len(self._parent) // (self._batch_size * self._shard_count) * self._batch_size
+
+    def _parent_index(self, index: int) -> int:
+        batch, offset = divmod(index, self._batch_size)
+        return (batch * self._shard_count + self._shard_index) * self._batch_size + offset
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._parent_index(index)]
+
+    def _getitems(self, indices: Sequence[int]):
+        return self._parent._getitems([self._parent_index(index) for index in indices])
+
+
 def _shard_arguments(global_batch_size: int, shard_index: int | None, shard_count: int | None) -> tuple[int, int, int]:
     """Returns (shard_index, shard_count, per-shard batch size); shards default to JAX processes."""
     shard_index = jax.process_index() if shard_index is None else shard_index
@@ -134,7 +159,7 @@ def _make_iterator(
                 f"global_batch_size {global_batch_size} exceeds the {len(stream)} examples of {num_epochs} epoch(s)"
             )
         stream = stream[:whole]
-    batches = stream[shard_index::shard_count].batch(batch_size, drop_remainder=True)
+    batches = _ShardBlocks(stream, shard_index, shard_count, batch_size).batch(batch_size, drop_remainder=True)
     fingerprint = {**fingerprint, "seed": seed, "global_batch_size": global_batch_size}
     return DataIterator(batches, worker_count=worker_count, fingerprint=fingerprint)
 

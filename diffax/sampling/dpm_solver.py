@@ -7,6 +7,11 @@ one or two steps (multistep, one call per step); 2S evaluates a midpoint (single
 Multistep orders warm up (order min(k, steps so far)); 3M takes its first step with 2S (one extra denoiser call),
 since the local O(h^2) error of a first-order start would cap the global order at 2. Every solver takes a
 first-order step onto sigma = 0, where h is infinite (the "lower order final" of the reference implementation).
+
+3M's second-difference term uses the exact integral of the quadratic Taylor term, alpha_next (1 - 2 phi2(h)) D2 with
+phi2 = (e^{-h} - 1 + h) / h^2 and D2 ~ h^2 x0_hat'' / 2. The reference implementation's coefficient
+(1/2 - phi2) is half of it: the update is then not exact for quadratic x0_hat, and the measured global order falls
+from 3 to 2 (tests/diffusion/test_sampling.py checks exactness on polynomials and the order on the ODE).
 """
 
 from __future__ import annotations
