@@ -1,0 +1,122 @@
+"""Every default of a diffax run; recipes start from `get_base_config()` and change what differs.
+
+Not a recipe by itself: `python launch.py --config configs/digits.py --workdir /tmp/digits` runs one.
+Any key can be overridden on the command line: `--config.train.num_steps=100 --config.optim.learning_rate=3e-4`.
+`shrink(config, variant)` applies the `cpu` / `tiny` variants that every recipe accepts.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # Parameters, per-step randomness (fold_in(key, step)), data order, sampling noise.
+
+    config.data = data = ml_collections.ConfigDict()
+    data.name = "digits"       # A bundled data set (digits, mnist5k), 'toy2d', or a TFDS data set as array_record.
+    data.split = "train"
+    data.eval_split = "test"
+    # None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+    data.data_dir = ml_collections.FieldReference(None, field_type=str)
+    data.image_size = ml_collections.FieldReference(None, field_type=int)  # None: the stored size.
+    data.random_flip = False
+    data.worker_count = 0      # grain worker processes per host (0: threads in the training process).
+    data.toy_examples = 65536  # 'toy2d' only: points drawn from the mixture (with seed) as the training set.
+
+    config.model = model = ml_collections.ConfigDict()
+    model.name = "unet_tiny"   # A key of diffax.nets.NETWORKS.
+    model.kwargs = ml_collections.ConfigDict()  # Overrides of the network's attributes, e.g. channels=64.
+    model.compute_dtype = "float32"  # 'bfloat16' computes activations in bf16; parameters stay float32.
+    model.class_conditional = False  # Pass labels (num_classes from the data set); classifier-free guidance.
+    model.label_dropout = 0.1  # Probability a label is replaced by the null class in training.
+
+    config.diffusion = diffusion = ml_collections.ConfigDict()
+    diffusion.schedule = "vp_cosine"
+    diffusion.schedule_kwargs = ml_collections.ConfigDict()
+    diffusion.shift = 0.0      # Log-SNR shift (resolution shift).
+    diffusion.zero_terminal_snr = False
+    diffusion.prediction = "eps"         # eps, x0, v, velocity, edm.
+    diffusion.noise_conditioning = "time"  # time, log_snr, edm.
+    diffusion.weighting = "eps"          # eps, x0, v, min_snr, edm, elbo, sigmoid.
+    diffusion.weighting_kwargs = ml_collections.ConfigDict()
+    diffusion.time_sampling = "uniform"  # uniform, discrete, log_normal, logit_normal.
+    diffusion.time_kwargs = ml_collections.ConfigDict()
+    diffusion.sigma_data = 0.5
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.learning_rate = 2e-4
+    optim.warmup_steps = 100
+    optim.decay = "constant"   # 'constant' or 'cosine' (to end_learning_rate_fraction at train.num_steps).
+    optim.end_learning_rate_fraction = 0.0
+    optim.b1 = 0.9
+    optim.b2 = 0.999
+    optim.eps = 1e-8
+    optim.weight_decay = 0.0
+    optim.grad_clip_norm = 1.0  # Global-norm clipping; 0 disables.
+
+    config.train = train = ml_collections.ConfigDict()
+    train.batch_size = 128     # Global batch over all devices and processes (per optimizer step).
+    train.num_steps = 1000
+    train.grad_accum_steps = 1  # Micro-batches per optimizer step (batch_size must split evenly).
+    train.steps_per_dispatch = 1  # Optimizer steps per jitted call (lax.scan); log/checkpoint intervals align.
+    train.ema_decays = (0.999,)  # One EMA of the parameters per decay; sampling uses ema_decays[sample.ema_index].
+    train.log_every = 50
+    train.checkpoint_every = 500
+    train.keep_checkpoints = 3
+    train.sample_every = 0     # Write a sample grid every this many steps (0: only at the end).
+    train.progress_bar = ml_collections.FieldReference(None, field_type=bool)  # None: when stderr is a terminal.
+
+    config.mesh = mesh = ml_collections.ConfigDict()
+    mesh.data = -1             # -1: all devices not used by fsdp.
+    mesh.fsdp = 1              # >1 shards parameters and optimizer state over this many devices.
+    mesh.min_fsdp_size = 2**14  # Arrays with fewer elements stay replicated under FSDP.
+    mesh.num_devices = -1      # Use the first this many devices (-1: all; single-process runs only).
+
+    config.sample = sample = ml_collections.ConfigDict()
+    sample.method = "dpmpp_2m"
+    sample.num_steps = 50
+    sample.grid = "uniform"    # Time grid kind: uniform, quadratic, karras, log_snr, trailing.
+    sample.t_end = 0.0
+    sample.options = ml_collections.ConfigDict()  # Solver options, e.g. eta=1.0 (ddim), churn=... (euler/heun).
+    sample.num_samples = 64
+    sample.batch_size = 64     # Samples per sampler call.
+    sample.guidance_scale = 1.0  # Classifier-free guidance (class_conditional models): 1 = conditional only.
+    sample.ema_index = 0       # Which EMA to sample from; -1: the raw parameters.
+
+    config.eval = evaluation = ml_collections.ConfigDict()
+    evaluation.batch_size = 256
+    evaluation.num_batches = 4  # Held-out batches for the loss (each with its own noise draws).
+    evaluation.bits_per_dim = True  # Image data: probability-flow ODE bits/dim (slow; on bpd_examples images).
+    evaluation.bpd_examples = 64
+    evaluation.bpd_rtol = 1e-3
+
+    config.bench = bench = ml_collections.ConfigDict()
+    bench.batch_size = ml_collections.FieldReference(None, field_type=int)  # None: train.batch_size.
+    bench.steps = 10           # Timed dispatches after compilation.
+    bench.sample_steps = 10    # Timed sampler steps are measured on a scan of this many steps.
+    bench.peak_flops = ml_collections.FieldReference(None, field_type=float)  # Per device; None: a table lookup.
+    return config
+
+
+def shrink(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+    """The shared small variants: 'cpu' trains briefly on a laptop CPU, 'tiny' only checks the plumbing (tests)."""
+    if variant not in ("cpu", "tiny"):
+        raise ValueError(f"unknown config variant {variant!r}; expected '', 'cpu' or 'tiny'")
+    config.train.batch_size = 32 if variant == "cpu" else 8
+    config.train.num_steps = 200 if variant == "cpu" else 4
+    config.train.log_every = 20 if variant == "cpu" else 2
+    config.train.checkpoint_every = 100 if variant == "cpu" else 2
+    config.optim.warmup_steps = 10 if variant == "cpu" else 1
+    config.mesh.fsdp = 1
+    config.model.compute_dtype = "float32"
+    config.sample.num_samples = config.sample.batch_size = 16 if variant == "cpu" else 4
+    config.sample.num_steps = 20 if variant == "cpu" else 3
+    config.eval.batch_size = 32 if variant == "cpu" else 8
+    config.eval.num_batches = 2 if variant == "cpu" else 1
+    config.eval.bpd_examples = 8 if variant == "cpu" else 2
+    config.eval.bpd_rtol = 1e-2
+    config.bench.steps = 3 if variant == "cpu" else 2
+    config.bench.sample_steps = 4 if variant == "cpu" else 2
+    return config

@@ -1,0 +1,1 @@
+"""Evaluation: sample generation from trained parameters, PNG grids and scatter plots, held-out metrics."""

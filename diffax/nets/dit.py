@@ -1,0 +1,128 @@
+"""Diffusion Transformer with adaLN-Zero conditioning (DiT, Peebles & Xie 2023).
+
+    tokens = PatchEmbed_p(x) + sincos_2d positions                 (B, N, D), N = HW / p^2
+    c      = SiLU(ConditioningEmbedding(noise_level, label))       (B, D)
+    block  x <- x + gate_1 * Attn(LN(x) * (1 + scale_1) + shift_1)
+           x <- x + CrossAttn(LN(x), context)                      only with cross_attention (PixArt-alpha style)
+           x <- x + gate_2 * MLP(LN(x) * (1 + scale_2) + shift_2)
+           (shift, scale, gate)_{1,2} = Dense(c), zero-initialized: every block starts as the identity
+    out    Dense(LN(x) * (1 + scale) + shift) -> patches -> (B, H, W, C_out), zero-initialized
+
+The position embedding is a compile-time constant computed for the token grid at call time, so one network runs
+on any resolution; sizes not divisible by the patch size are zero-padded and cropped back.
+Sizes (Table 1 of the paper): S (12 layers, 384 wide, 6 heads), B (12, 768, 12), L (24, 1024, 16),
+XL (28, 1152, 16); patch size 2, 4 or 8.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from diffax.nets.attention import Attention, AttentionImplementation
+from diffax.nets.embeddings import ConditioningEmbedding, EmbeddingType, sincos_2d_positions, split_condition
+from diffax.nets.layers import Dtype, PatchEmbed, pad_to_multiple, xavier_init, zero_init
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """Adaptive layer norm modulation: x (B, N, D) * (1 + scale (B, D)) + shift (B, D)."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class DiTBlock(nn.Module):
+    """One adaLN-Zero transformer block; x (B, N, D), c (B, D) activated, context (B, L, E) or None."""
+
+    num_heads: int
+    mlp_ratio: float = 4.0
+    attention_implementation: AttentionImplementation = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, c: jax.Array, context: jax.Array | None) -> jax.Array:
+        width = x.shape[-1]
+        precision = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = functools.partial(nn.LayerNorm, epsilon=1e-6, use_bias=False, use_scale=False, dtype=jnp.float32)
+        attention = functools.partial(Attention, self.num_heads, implementation=self.attention_implementation,
+                                      **precision)
+        dense = functools.partial(nn.Dense, kernel_init=xavier_init, **precision)
+        modulation = nn.Dense(6 * width, kernel_init=zero_init, param_dtype=self.param_dtype)(c)  # float32
+        shift_1, scale_1, gate_1, shift_2, scale_2, gate_2 = jnp.split(modulation, 6, axis=-1)
+        x = (x + gate_1[:, None] * attention()(modulate(norm()(x), shift_1, scale_1))).astype(self.dtype)
+        if context is not None:
+            x = x + attention()(norm()(x), context)
+        h = nn.gelu(dense(int(width * self.mlp_ratio))(modulate(norm()(x), shift_2, scale_2)), approximate=True)
+        return (x + gate_2[:, None] * dense(width)(h)).astype(self.dtype)
+
+
+class DiT(nn.Module):
+    """Diffusion Transformer; defaults are DiT-XL/2.
+
+    Attributes:
+      patch_size: p; the token grid is (H/p, W/p).
+      hidden_size, depth, num_heads, mlp_ratio: transformer size.
+      frequency_dim: width of the sinusoidal noise-level embedding (256 in DiT).
+      embedding_type, noise_scale: the noise-level embedding (see `diffax.nets.embeddings`).
+      num_classes: class-conditional with a learned null class (index num_classes); None = no labels.
+      cross_attention: cross-attend to cond (B, L, E) in every block.
+      out_channels: output channels; None = same as the input (DiT's learn_sigma uses 2 * C).
+      remat: rematerialize every block (nn.remat).
+      attention_implementation: passed to jax.nn.dot_product_attention (None, 'xla', 'cudnn').
+      dtype, param_dtype: compute and parameter dtypes.
+    """
+
+    patch_size: int = 2
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    frequency_dim: int = 256
+    embedding_type: EmbeddingType = "sinusoidal"
+    noise_scale: float = 1000.0
+    num_classes: int | None = None
+    cross_attention: bool = False
+    out_channels: int | None = None
+    remat: bool = False
+    attention_implementation: AttentionImplementation = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, noise_level: jax.Array, cond: jax.Array | None = None, *,
+                 train: bool) -> jax.Array:
+        """x (B, H, W, C), noise_level (B,), cond None | (B,) int | (B, L, E) -> (B, H, W, out_channels or C).
+
+        `train` is accepted for the common contract; DiT has no dropout.
+        """
+        del train
+        labels, context = split_condition(cond, batch=x.shape[0], num_classes=self.num_classes,
+                                          cross_attention=self.cross_attention)
+        precision = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        batch, height, width, channels = x.shape
+        p, out_channels = self.patch_size, self.out_channels or channels
+        h = pad_to_multiple(x.astype(self.dtype), p)
+        grid_h, grid_w = h.shape[1] // p, h.shape[2] // p
+
+        tokens = PatchEmbed(self.hidden_size, p, name="patch_embed", **precision)(h)
+        tokens = tokens + sincos_2d_positions(grid_h, grid_w, self.hidden_size).astype(self.dtype)
+        c = nn.silu(ConditioningEmbedding(self.hidden_size, self.frequency_dim, self.embedding_type,
+                                          self.noise_scale, num_classes=self.num_classes, name="embedding",
+                                          param_dtype=self.param_dtype)(noise_level, labels))
+
+        block_cls = nn.remat(DiTBlock) if self.remat else DiTBlock
+        for index in range(self.depth):
+            tokens = block_cls(self.num_heads, self.mlp_ratio, self.attention_implementation, name=f"block{index}",
+                               **precision)(tokens, c, context)
+
+        modulation = nn.Dense(2 * self.hidden_size, kernel_init=zero_init, param_dtype=self.param_dtype,
+                              name="head_modulation")(c)
+        shift, scale = jnp.split(modulation, 2, axis=-1)
+        tokens = modulate(nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=jnp.float32)(tokens),
+                          shift, scale)
+        patches = nn.Dense(p * p * out_channels, kernel_init=zero_init, name="head", **precision)(tokens)
+        out = patches.reshape(batch, grid_h, grid_w, p, p, out_channels).transpose(0, 1, 3, 2, 4, 5)
+        out = out.reshape(batch, grid_h * p, grid_w * p, out_channels)
+        return out[:, :height, :width].astype(x.dtype)

@@ -1,0 +1,69 @@
+"""The train state: one pytree holding everything a step reads and writes, created directly in its shardings.
+
+    TrainState(step, params, ema_params, opt_state, key)
+
+`key` is the raw uint32 data of the run's base PRNG key; step s draws its randomness from
+fold_in(key, s), so a run resumed at step s draws exactly what the uninterrupted run drew. `ema_params` holds one
+exponential moving average of the parameters per configured decay d:  ema <- d ema + (1 - d) params.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from diffax import parallel
+from diffax.train.setup import Experiment
+
+
+@flax.struct.dataclass
+class TrainState:
+    """step () int32; params, ema_params (one params tree per EMA decay), opt_state; key (2,) uint32 base key."""
+
+    step: jax.Array
+    params: Any
+    ema_params: tuple[Any, ...]
+    opt_state: optax.OptState
+    key: jax.Array
+
+
+def update_ema(ema_params: tuple[Any, ...], params: Any, decays: Sequence[float]) -> tuple[Any, ...]:
+    """ema <- d ema + (1 - d) params, for each decay d."""
+    def average(ema: Any, decay: float) -> Any:
+        return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+    return tuple(average(ema, decay) for decay, ema in zip(decays, ema_params, strict=True))
+
+
+def _init_fn(experiment: Experiment, optimizer: optax.GradientTransformation, num_ema: int):
+    def init(seed: jax.Array) -> TrainState:
+        root = jax.random.PRNGKey(seed)
+        params = experiment.init_params(jax.random.fold_in(root, 0))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=(params,) * num_ema,
+                          opt_state=optimizer.init(params), key=jax.random.fold_in(root, 1))
+
+    return init
+
+
+def state_shardings(experiment: Experiment, optimizer: optax.GradientTransformation, mesh: Mesh, *,
+                    num_ema: int, fsdp: bool, min_fsdp_size: int) -> tuple[TrainState, TrainState]:
+    """(abstract state of ShapeDtypeStructs carrying their shardings, the tree of NamedShardings)."""
+    abstract = jax.eval_shape(_init_fn(experiment, optimizer, num_ema), jnp.zeros((), jnp.uint32))
+    shardings = parallel.tree_shardings(abstract, mesh, fsdp=fsdp, min_fsdp_size=min_fsdp_size)
+    abstract = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                            abstract, shardings)
+    return abstract, shardings
+
+
+def create_train_state(experiment: Experiment, optimizer: optax.GradientTransformation, shardings: TrainState,
+                       seed: int, num_ema: int) -> TrainState:
+    """A fresh state, computed by a jitted init whose outputs land in `shardings` (no host round trip, and valid
+    across processes: each process only materializes its own shards)."""
+    init = jax.jit(_init_fn(experiment, optimizer, num_ema), out_shardings=shardings)
+    return init(jnp.asarray(seed, jnp.uint32))

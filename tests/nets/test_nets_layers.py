@@ -1,0 +1,86 @@
+"""Building blocks against independent references: attention, FIR resampling, embeddings, group counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffax.nets.attention import Attention
+from diffax.nets.embeddings import fourier_embedding, sincos_2d_positions, sinusoidal_embedding
+from diffax.nets.layers import downsample_2d, num_groups, upsample_2d
+
+
+def reference_attention(x, context, params, num_heads):
+    """softmax(q k^T / sqrt(d)) v per head, written with numpy."""
+    x, context = np.asarray(x, np.float64), np.asarray(context, np.float64)
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    q = x @ p["q"]["kernel"] + p["q"]["bias"]
+    k, v = np.split(context @ p["kv"]["kernel"] + p["kv"]["bias"], 2, axis=-1)
+    q, k, v = (a.reshape(*a.shape[:2], num_heads, -1).transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, N, T, d)
+    logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    out = (weights @ v).transpose(0, 2, 1, 3).reshape(x.shape)
+    return out @ p["out"]["kernel"] + p["out"]["bias"]
+
+
+@pytest.mark.parametrize("implementation", [None, "xla"])
+def test_cross_attention_matches_reference(implementation):
+    x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+    context = jax.random.normal(jax.random.key(1), (2, 7, 12))
+    module = Attention(num_heads=4, zero_output=False, implementation=implementation)
+    params = jax.jit(module.init)(jax.random.key(2), x, context)["params"]
+    out = jax.jit(module.apply)({"params": params}, x, context)
+    np.testing.assert_allclose(out, reference_attention(x, context, params, 4), rtol=1e-4, atol=1e-5)
+
+
+def test_self_attention_is_permutation_equivariant():
+    x = jax.random.normal(jax.random.key(0), (1, 6, 8))
+    module = Attention(num_heads=2, zero_output=False)
+    variables = jax.jit(module.init)(jax.random.key(1), x)
+    perm = jnp.array([3, 0, 5, 1, 4, 2])
+    out = jax.jit(module.apply)(variables, jnp.stack([x[0], x[0, perm]]))
+    np.testing.assert_allclose(out[1], out[0][perm], rtol=1e-5, atol=1e-6)
+
+
+def test_box_filter_resampling_is_average_pooling_and_nearest():
+    x = jax.random.normal(jax.random.key(0), (2, 6, 4, 3))
+    pooled = x.reshape(2, 3, 2, 2, 2, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(downsample_2d(x), pooled, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(upsample_2d(x), jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2), rtol=1e-6)
+
+
+def test_fir_resampling_preserves_constants_away_from_the_border():
+    x = jnp.full((1, 8, 8, 2), 3.0)
+    down, up = downsample_2d(x, (1, 3, 3, 1)), upsample_2d(x, (1, 3, 3, 1))
+    assert down.shape == (1, 4, 4, 2) and up.shape == (1, 16, 16, 2)
+    np.testing.assert_allclose(down[:, 1:-1, 1:-1], 3.0, rtol=1e-6)
+    np.testing.assert_allclose(up[:, 2:-2, 2:-2], 3.0, rtol=1e-6)
+
+
+def test_sinusoidal_embedding_formula():
+    x = jnp.array([0.0, 1.0, 250.0])
+    emb = sinusoidal_embedding(x, 8)
+    freqs = 10_000.0 ** (-np.arange(4) / 4)
+    np.testing.assert_allclose(emb, np.concatenate([np.cos(np.outer(x, freqs)), np.sin(np.outer(x, freqs))], 1),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_fourier_embedding_is_fixed_by_its_seed():
+    x = jnp.linspace(-3, 3, 5)
+    np.testing.assert_array_equal(fourier_embedding(x, 16), fourier_embedding(x, 16))
+    assert not np.allclose(fourier_embedding(x, 16), fourier_embedding(x, 16, seed=1))
+    np.testing.assert_allclose(jnp.sum(fourier_embedding(x, 16) ** 2, axis=1), 8.0, rtol=1e-5)  # cos^2 + sin^2
+
+
+def test_2d_positions_are_distinct_and_bounded():
+    positions = sincos_2d_positions(3, 5, 16)
+    assert positions.shape == (15, 16) and np.abs(positions).max() <= 1.0
+    assert len({tuple(row) for row in positions.round(6)}) == 15
+    with pytest.raises(ValueError, match="not divisible by 4"):
+        sincos_2d_positions(2, 2, 10)
+
+
+@pytest.mark.parametrize("channels, groups", [(128, 32), (256, 32), (64, 16), (16, 4), (12, 3), (6, 1), (3, 1)])
+def test_group_counts(channels, groups):
+    assert num_groups(channels) == groups

@@ -1,0 +1,97 @@
+"""TensorBoard event files decode with protobuf; learning-rate schedule, EMA and FSDP sharding rules."""
+
+import json
+import os
+import struct
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from diffax.parallel import fsdp_spec
+from diffax.train import metrics
+from diffax.train.optimizer import learning_rate_schedule
+from diffax.train.state import update_ema
+
+
+def _event_class():
+    """tensorflow/core/util/event.proto's Event, Summary and Summary.Value (the fields TensorBoard reads)."""
+    file = descriptor_pb2.FileDescriptorProto(name="event_test.proto", package="t", syntax="proto3")
+    F = descriptor_pb2.FieldDescriptorProto
+    value = file.message_type.add(name="Value")
+    value.field.add(name="tag", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    value.field.add(name="simple_value", number=2, type=F.TYPE_FLOAT, label=F.LABEL_OPTIONAL)
+    summary = file.message_type.add(name="Summary")
+    summary.field.add(name="value", number=1, type=F.TYPE_MESSAGE, type_name=".t.Value", label=F.LABEL_REPEATED)
+    event = file.message_type.add(name="Event")
+    event.field.add(name="wall_time", number=1, type=F.TYPE_DOUBLE, label=F.LABEL_OPTIONAL)
+    event.field.add(name="step", number=2, type=F.TYPE_INT64, label=F.LABEL_OPTIONAL)
+    event.field.add(name="file_version", number=3, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    event.field.add(name="summary", number=5, type=F.TYPE_MESSAGE, type_name=".t.Summary", label=F.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("t.Event"))
+
+
+def _records(data: bytes) -> list[bytes]:
+    records, offset = [], 0
+    while offset < len(data):
+        (length,) = struct.unpack_from("<Q", data, offset)
+        payload = data[offset + 12: offset + 12 + length]
+        (crc,) = struct.unpack_from("<I", data, offset + 12 + length)
+        assert crc == metrics._masked_crc(payload)
+        records.append(payload)
+        offset += 16 + length
+    return records
+
+
+def test_crc32c_check_value():
+    assert metrics.crc32c(b"123456789") == 0xE3069283  # The CRC-32C catalogue's check value.
+
+
+def test_metric_writer_writes_jsonl_and_tensorboard_events(tmp_path):
+    writer = metrics.MetricWriter(str(tmp_path))
+    writer.write(10, {"loss": 0.5, "learning_rate": 1e-3})
+    writer.write(20, {"loss": 0.25, "learning_rate": 2e-3})
+    writer.close()
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert lines == [{"step": 10, "loss": 0.5, "learning_rate": 1e-3},
+                     {"step": 20, "loss": 0.25, "learning_rate": 2e-3}]
+    (name,) = os.listdir(tmp_path / "tensorboard")
+    assert name.startswith("events.out.tfevents.")
+    event_class = _event_class()
+    events = [event_class.FromString(record) for record in _records((tmp_path / "tensorboard" / name).read_bytes())]
+    assert events[0].file_version == "brain.Event:2"
+    assert [(e.step, [(v.tag, v.simple_value) for v in e.summary.value]) for e in events[1:]] == [
+        (10, [("loss", 0.5), ("learning_rate", pytest.approx(1e-3))]),
+        (20, [("loss", 0.25), ("learning_rate", pytest.approx(2e-3))])]
+
+
+def test_learning_rate_warmup_then_cosine_to_the_end_fraction():
+    optim = ml_collections.ConfigDict(dict(learning_rate=1.0, warmup_steps=10, decay="cosine",
+                                           end_learning_rate_fraction=0.1))
+    schedule = learning_rate_schedule(optim, num_steps=100)
+    np.testing.assert_allclose([schedule(0), schedule(4), schedule(50), schedule(100)],
+                               [0.1,  # lr * (s + 1) / warmup * (f + (1 - f) (1 + cos(pi s / T)) / 2)
+                                0.5 * (0.1 + 0.9 * 0.5 * (1 + np.cos(0.04 * np.pi))), 0.55, 0.1], rtol=1e-5)
+    optim.decay = "constant"
+    assert float(learning_rate_schedule(optim, 100)(1000)) == 1.0
+
+
+def test_ema_of_each_decay():
+    ema = update_ema(({"w": jnp.zeros(2)}, {"w": jnp.ones(2)}), {"w": jnp.full(2, 10.0)}, (0.9, 0.5))
+    np.testing.assert_allclose(ema[0]["w"], 1.0)
+    np.testing.assert_allclose(ema[1]["w"], 5.5)
+
+
+@pytest.mark.parametrize("shape,min_size,expected", [
+    ((3, 3, 64, 128), 0, (None, None, None, "fsdp")),  # The largest divisible axis.
+    ((8, 6), 0, ("fsdp",)),
+    ((6, 10), 0, ()),  # No axis divisible by 4: replicated.
+    ((512, 512), 10**6, ()),  # Too small to shard.
+    ((), 0, ()),
+])
+def test_fsdp_rule(shape, min_size, expected):
+    assert tuple(fsdp_spec(shape, 4, min_size)) == expected

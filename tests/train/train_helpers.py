@@ -1,0 +1,72 @@
+"""Helpers for the training-system tests: tiny configs, launching subprocesses, comparing states.
+
+Tests that need several (virtual) devices or processes run `launch.py` or a script in a subprocess, because JAX
+fixes the device count when it initializes.
+"""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)  # For `configs`.
+
+
+def subprocess_env(devices: int = 1) -> dict[str, str]:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return env
+
+
+def run_python(args: list[str], devices: int = 1, check: bool = True, timeout: int = 600,
+               **kwargs) -> subprocess.CompletedProcess:
+    """Runs `python ARGS` in the repository with `devices` virtual CPU devices; fails with its output."""
+    result = subprocess.run([sys.executable, *args], cwd=REPO, env=subprocess_env(devices), capture_output=True,
+                            text=True, timeout=timeout, **kwargs)
+    if check and result.returncode != 0:
+        pytest.fail(f"{args} exited with {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def launch(config: str, workdir, *overrides: str, mode: str = "train", devices: int = 1, **kwargs):
+    return run_python(["launch.py", f"--config={config}", f"--workdir={workdir}", f"--mode={mode}", *overrides],
+                      devices=devices, **kwargs)
+
+
+def load_state(config, workdir):
+    """The newest checkpoint's train state as numpy arrays, restored onto this process's devices."""
+    from diffax.train.loop import load_checkpoint
+
+    return jax.device_get(load_checkpoint(config, str(workdir))[2])
+
+
+def tiny_digits(**overrides):
+    """configs/digits.py:tiny with dotted-key overrides, e.g. tiny_digits(**{"train.num_steps": 6})."""
+    from configs import digits
+
+    config = digits.get_config("tiny")
+    for key, value in overrides.items():
+        *parents, last = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return config
+
+
+def assert_trees_equal(first, second, rtol: float = 0.0, atol: float = 0.0) -> None:
+    """Every leaf bitwise equal, or (with a tolerance) all within it and 99% within 1e-6 + 1e-5 |b|: Adam's
+    normalized updates amplify the odd float-rounding difference, while a real error (a wrong batch, layout or
+    key) moves most entries."""
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True):
+        if rtol == atol == 0.0:
+            np.testing.assert_array_equal(a, b)
+            continue
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+        close = np.abs(np.asarray(a, np.float64) - b) <= 1e-6 + 1e-5 * np.abs(b)
+        assert close.mean() >= 0.99, f"only {close.mean():.2%} of a {np.shape(a)} leaf agree closely"
