@@ -20,6 +20,7 @@ and sigma from lambda, so a shifted rectified flow stays a flow (alpha + sigma =
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 
@@ -30,19 +31,22 @@ import numpy as np
 Array = jax.Array
 
 
-class Schedule:
+class Schedule(abc.ABC):
     """Base class: subclasses define `alpha_sigma`, `log_snr` and `t_from_log_snr`."""
 
     variance_preserving: bool = False
 
+    @abc.abstractmethod
     def alpha_sigma(self, t: Array) -> tuple[Array, Array]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def log_snr(self, t: Array) -> Array:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def t_from_log_snr(self, log_snr: Array) -> Array:
-        raise NotImplementedError
+        ...
 
     def alpha(self, t: Array) -> Array:
         return self.alpha_sigma(t)[0]
@@ -78,11 +82,13 @@ class _VariancePreserving(Schedule):
 
     variance_preserving = True
 
+    @abc.abstractmethod
     def q(self, t: Array) -> Array:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def t_from_q(self, q: Array) -> Array:
-        raise NotImplementedError
+        ...
 
     def alpha_sigma(self, t):
         q = self.q(jnp.asarray(t, jnp.float32))
