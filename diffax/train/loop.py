@@ -3,7 +3,7 @@
     WORKDIR/checkpoints/    Orbax checkpoints (train state, data position, config); the newest is resumed
     WORKDIR/metrics.jsonl   one JSON line per logged step
     WORKDIR/tensorboard/    TensorBoard event file(s)
-    WORKDIR/samples/        step_XXXXXXX.png sample grids from the EMA parameters
+    WORKDIR/samples/        step_<step, 7 digits>.png sample grids from the EMA parameters
 
 A SIGTERM (preemption) makes the run save a checkpoint after the step in flight and return normally (exit 0).
 A non-finite loss stops the run with an error naming the step, before any checkpoint of the diverged state is
@@ -93,7 +93,7 @@ def sampling_params(state: TrainState, ema_index: int) -> Any:
 
 def write_samples(experiment: setup.Experiment, state: TrainState, mesh: jax.sharding.Mesh, workdir: str,
                   step: int) -> str:
-    """Writes WORKDIR/samples/step_XXXXXXX.png (and returns its path) from the configured EMA parameters."""
+    """Writes WORKDIR/samples/step_<step, 7 digits>.png (and returns its path) from the configured EMA parameters."""
     config = experiment.config
     samples = generate.generate_samples(experiment, sampling_params(state, config.sample.ema_index), config.sample,
                                         mesh, seed=config.seed)
