@@ -83,6 +83,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     sample.num_samples = 64
     sample.batch_size = 64     # Samples per sampler call.
     sample.guidance_scale = 1.0  # Classifier-free guidance (class_conditional models): 1 = conditional only.
+    sample.clip_denoised = False  # Clip every x0 prediction to the data range [-1, 1] (images; DDPM and ADM do).
     sample.ema_index = 0       # Which EMA to sample from; -1: the raw parameters.
 
     config.eval = evaluation = ml_collections.ConfigDict()
@@ -97,6 +98,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     bench.steps = 10           # Timed dispatches after compilation.
     bench.sample_steps = 10    # Timed sampler steps are measured on a scan of this many steps.
     bench.peak_flops = ml_collections.FieldReference(None, field_type=float)  # Per device; None: a table lookup.
+    bench.train_only = False   # Skip the denoiser, sampler and accuracy measurements (scaling runs).
+    bench.example_shape = ""   # "H,W,C" replaces the data's example shape (e.g. 32,32,4 for latents); "": the data's.
     return config
 
 

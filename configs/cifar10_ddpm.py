@@ -16,6 +16,7 @@ def get_config(variant: str = ""):
     config = base.get_base_config()
     config.data.name = "cifar10"
     config.data.random_flip = True
+    config.data.worker_count = 8  # One process's read threads decode too few PNGs for a GPU's ~8,000 images/s.
     config.model.name = "ddpm_cifar10"
     config.diffusion.schedule = "vp_discrete"
     config.diffusion.schedule_kwargs.update(num_steps=1000, beta_start=1e-4, beta_end=0.02)
@@ -33,6 +34,7 @@ def get_config(variant: str = ""):
     config.train.log_every = 500
     config.train.checkpoint_every = 10_000
     config.train.sample_every = 50_000
+    config.sample.clip_denoised = True
     config.sample.method = "ddpm"
     config.sample.num_steps = 1000
     config.sample.grid = "trailing"
@@ -47,6 +49,7 @@ def tiny_on_bundled_data(config, variant: str):
     config = base.shrink(config, variant)
     config.data.name = "digits"
     config.data.random_flip = False
+    config.data.worker_count = 0
     config.model.name = "unet_tiny"
     noise_scale = {k: v for k, v in config.model.kwargs.items() if k == "noise_scale"}
     config.model.kwargs = ml_collections.ConfigDict(dict(channels=16, attention_levels=(), **noise_scale))

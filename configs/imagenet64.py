@@ -22,7 +22,7 @@ def get_config(variant: str = ""):
     config.data.random_flip = True
     config.data.worker_count = 8
     config.model.name = "adm_imagenet64"
-    config.model.kwargs.update(out_channels=3)
+    config.model.kwargs.update(out_channels=3, remat="none")  # "dots" or "full" trade compute for memory.
     config.model.class_conditional = True
     config.model.label_dropout = 0.1
     config.model.compute_dtype = "bfloat16"
@@ -39,11 +39,9 @@ def get_config(variant: str = ""):
     config.train.checkpoint_every = 5000
     config.train.sample_every = 50_000
     config.mesh.fsdp = 8
+    config.sample.clip_denoised = True
     config.sample.method = "dpmpp_2m"
     config.sample.num_steps = 50
     config.sample.guidance_scale = 1.5
     config.sample.num_samples = config.sample.batch_size = 64
-    config = tiny_on_bundled_data(config, variant)
-    if variant:
-        config.data.worker_count = 0
-    return config
+    return tiny_on_bundled_data(config, variant)

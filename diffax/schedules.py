@@ -139,11 +139,27 @@ class VPDiscrete(_VariancePreserving):
 
     def q(self, t):
         grid = np.linspace(0.0, 1.0, self.num_steps + 1, dtype=np.float32)
-        return jnp.interp(t, grid, self._q_table())
+        return _interp(t, grid, self._q_table())
 
     def t_from_q(self, q):
         grid = np.linspace(0.0, 1.0, self.num_steps + 1, dtype=np.float32)
-        return jnp.interp(q, self._q_table(), grid)
+        return _interp(q, self._q_table(), grid)
+
+
+def _interp(x, xp: np.ndarray, fp: np.ndarray):
+    """`jnp.interp(x, xp, fp)` (xp increasing, constant beyond the ends) with a compare-all search.
+
+    jnp.interp's default search is a loop, which XLA:GPU (jax 0.11.2) failed to compile inside a sampler's scan
+    ("Failed to evaluate instruction ... depends on ... parameters"); comparing against all of xp is loop-free and,
+    for the 1,001-entry tables here, as fast.
+    """
+    x, xp, fp = jnp.asarray(x), jnp.asarray(xp), jnp.asarray(fp)
+    x_inside = jnp.clip(x, xp[0], xp[-1])
+    i = jnp.clip(jnp.searchsorted(xp, x_inside, side="right", method="compare_all"), 1, len(xp) - 1)
+    x_left, x_right, f_left, f_right = xp[i - 1], xp[i], fp[i - 1], fp[i]
+    weight = (x_inside - x_left) / (x_right - x_left)
+    return (f_left + weight * (f_right - f_left)).astype(x.dtype if jnp.issubdtype(x.dtype, jnp.floating)
+                                                          else jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)

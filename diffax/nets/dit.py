@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from diffax.nets.attention import Attention, AttentionImplementation
 from diffax.nets.embeddings import ConditioningEmbedding, EmbeddingType, sincos_2d_positions, split_condition
-from diffax.nets.layers import Dtype, PatchEmbed, pad_to_multiple, xavier_init, zero_init
+from diffax.nets.layers import Dtype, PatchEmbed, maybe_remat, pad_to_multiple, xavier_init, zero_init
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -69,8 +69,8 @@ class DiT(nn.Module):
       num_classes: class-conditional with a learned null class (index num_classes); None = no labels.
       cross_attention: cross-attend to cond (B, L, E) in every block.
       out_channels: output channels; None = same as the input (DiT's learn_sigma uses 2 * C).
-      remat: rematerialize every block (nn.remat).
-      attention_implementation: passed to jax.nn.dot_product_attention (None, 'xla', 'cudnn').
+      remat: False, 'full' (or True) or 'dots': what `maybe_remat` recomputes in the backward pass.
+      attention_implementation: 'xla', 'cudnn' or None (cuDNN where it applies; see diffax.nets.attention).
       dtype, param_dtype: compute and parameter dtypes.
     """
 
@@ -85,7 +85,7 @@ class DiT(nn.Module):
     num_classes: int | None = None
     cross_attention: bool = False
     out_channels: int | None = None
-    remat: bool = False
+    remat: bool | str = False
     attention_implementation: AttentionImplementation = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -112,7 +112,7 @@ class DiT(nn.Module):
                                           self.noise_scale, num_classes=self.num_classes, name="embedding",
                                           param_dtype=self.param_dtype)(noise_level, labels))
 
-        block_cls = nn.remat(DiTBlock) if self.remat else DiTBlock
+        block_cls = maybe_remat(DiTBlock, self.remat)
         for index in range(self.depth):
             tokens = block_cls(self.num_heads, self.mlp_ratio, self.attention_implementation, name=f"block{index}",
                                **precision)(tokens, c, context)

@@ -40,6 +40,8 @@ def forward_flops_per_example(model: nn.Module, input_shape: Sequence[int],
     Returns:
       FLOPs per example.
     """
+    if hasattr(model, "attention_implementation"):  # cuDNN attention has no CPU lowering; XLA's counts the same.
+        model = model.clone(attention_implementation="xla")
     x = jax.ShapeDtypeStruct((batch_size, *input_shape), jnp.float32)
     noise_level = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
     variables = jax.eval_shape(lambda key, x, t, c: model.init(key, x, t, c, train=False),

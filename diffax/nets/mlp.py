@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from diffax.nets.attention import Attention, AttentionImplementation
 from diffax.nets.embeddings import ConditioningEmbedding, EmbeddingType, split_condition
-from diffax.nets.layers import Dtype, xavier_init, zero_init
+from diffax.nets.layers import Dtype, maybe_remat, xavier_init, zero_init
 
 
 class MLPBlock(nn.Module):
@@ -56,7 +56,7 @@ class MLP(nn.Module):
       num_classes: class-conditional with a learned null class (index num_classes); None = no labels.
       cross_attention: cross-attend to cond (B, L, E) after every block; `num_heads` heads.
       out_features: output width; None = D.
-      remat: rematerialize every block (nn.remat).
+      remat: False, 'full' (or True) or 'dots': what `maybe_remat` recomputes in the backward pass.
       dtype, param_dtype: compute and parameter dtypes.
     """
 
@@ -71,7 +71,7 @@ class MLP(nn.Module):
     cross_attention: bool = False
     num_heads: int = 4
     out_features: int | None = None
-    remat: bool = False
+    remat: bool | str = False
     attention_implementation: AttentionImplementation = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -90,7 +90,7 @@ class MLP(nn.Module):
                                           num_classes=self.num_classes, name="embedding",
                                           param_dtype=self.param_dtype)(noise_level, labels))
         h = nn.Dense(self.width, kernel_init=xavier_init, name="input", **precision)(x.astype(self.dtype))
-        block_cls = nn.remat(MLPBlock, static_argnums=(3,)) if self.remat else MLPBlock
+        block_cls = maybe_remat(MLPBlock, self.remat, static_argnums=(3,))
         for index in range(self.num_blocks):
             h = block_cls(self.hidden_mult, self.dropout, name=f"block{index}", **precision)(h, c, train)
             if context is not None:

@@ -37,6 +37,7 @@ from diffax.nets.layers import (
     ResBlock,
     Upsample,
     group_norm,
+    maybe_remat,
     pad_to_multiple,
     xavier_init,
     zero_init,
@@ -64,8 +65,8 @@ class UNet(nn.Module):
       num_classes: class-conditional with a learned null class (index num_classes); None = no labels.
       cross_attention: attend to cond (B, L, E) in every attention block.
       out_channels: output channels; None = same as the input.
-      remat: rematerialize every block in the backward pass (nn.remat).
-      attention_implementation: passed to jax.nn.dot_product_attention (None, 'xla', 'cudnn').
+      remat: False, 'full' (or True) or 'dots': what `maybe_remat` recomputes in the backward pass.
+      attention_implementation: 'xla', 'cudnn' or None (cuDNN where it applies; see diffax.nets.attention).
       dtype, param_dtype: compute and parameter dtypes.
     """
 
@@ -88,7 +89,7 @@ class UNet(nn.Module):
     cross_attention: bool = False
     out_channels: int | None = None
     norm_eps: float = 1e-6
-    remat: bool = False
+    remat: bool | str = False
     attention_implementation: AttentionImplementation = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -107,8 +108,8 @@ class UNet(nn.Module):
         emb = nn.silu(ConditioningEmbedding(self.emb_mult * self.channels, self.channels, self.embedding_type,
                                             self.noise_scale, num_classes=self.num_classes, name="embedding",
                                             param_dtype=self.param_dtype)(noise_level, labels))
-        res_block_cls = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
-        attention_cls = nn.remat(SpatialAttention) if self.remat else SpatialAttention
+        res_block_cls = maybe_remat(ResBlock, self.remat, static_argnums=(3,))
+        attention_cls = maybe_remat(SpatialAttention, self.remat)
 
         def res_block(h: jax.Array, channels: int, name: str, resample: str = "none") -> jax.Array:
             block = res_block_cls(channels, resample=resample, resample_filter=self.resample_filter,

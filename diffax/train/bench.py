@@ -1,16 +1,23 @@
-"""`--mode bench`: speed of the config's train step and sampler on synthetic data of the config's shapes.
+"""`--mode bench`: speed of the config's train step, denoiser and sampler on synthetic data of the config's shapes.
 
-Reports (to the log and WORKDIR/bench.json): compile time, examples/s and ms per optimizer step, sampler ms per
-step, peak device memory (where `device.memory_stats()` reports it), and model-FLOPs utilization
-
-    MFU = 3 * forward FLOPs per example * examples/s / (devices * peak FLOP/s per device)
-
-(a training step costs about 3 forward passes: forward, and the backward's two matrix products per layer).
+Reports (to the log, stdout and WORKDIR/bench.json):
+  train:    compile time, ms per optimizer step, examples/s, peak device memory, model-FLOPs utilization
+                MFU = 3 * forward FLOPs per example * examples/s / (devices * peak FLOP/s per device)
+            (a training step costs about 3 forward passes: the forward, and the backward's two products per layer);
+  denoiser: ms per call of the sampler's denoiser on a batch of sample.batch_size, and examples/s;
+  sampler:  ms per step of a `bench.sample_steps`-step run of sample.method, and its ratio to one denoiser call
+            (1 + the sampler's own overhead for one-evaluation solvers such as DDIM);
+  accuracy: |loss - loss_f32| / loss_f32 and the relative L2 error of the network output of the config's compute
+            dtype against float32, on a fixed batch, noise and time draw, with the parameters after the timed steps
+            plus N(0, 0.01^2) so that zero-initialized output layers are live.
+`bench.train_only` keeps only the train figures. `bench.example_shape` ("H,W,C") replaces the data set's example
+shape, e.g. 32,32,4 for latent-space networks.
 Peak FLOP/s is `bench.peak_flops`, else the dense bf16 figure of known accelerators; MFU is omitted on CPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -28,7 +35,7 @@ from diffax.train import setup
 from diffax.train.loop import build_mesh
 from diffax.train.optimizer import make_optimizer
 from diffax.train.state import create_train_state, state_shardings
-from diffax.train.step import make_train_step
+from diffax.train.step import make_loss_fn, make_train_step
 
 # Dense bf16 peak FLOP/s per device, by substring of `device.device_kind` (vendor data sheets).
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
@@ -49,6 +56,25 @@ def peak_memory_bytes() -> int | None:
     return max(peaks) if peaks else None
 
 
+def parse_example_shape(text: str) -> tuple[int, ...] | None:
+    """"32,32,4" -> (32, 32, 4); "" -> None (the data set's shape)."""
+    if not text:
+        return None
+    try:
+        shape = tuple(int(size) for size in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) <= 0:
+        raise ValueError(f"config.bench.example_shape = {text!r}: expected positive sizes such as '32,32,4'")
+    return shape
+
+
+def bench_experiment(config: ml_collections.ConfigDict) -> setup.Experiment:
+    experiment = setup.build_experiment(config, require_data=False)
+    shape = parse_example_shape(config.bench.example_shape)
+    return dataclasses.replace(experiment, example_shape=shape) if shape else experiment
+
+
 def _synthetic_batches(experiment: setup.Experiment, batch_size: int, steps: int, mesh) -> dict[str, jax.Array]:
     rng = np.random.default_rng(0)
     local = batch_size // jax.process_count()
@@ -57,65 +83,129 @@ def _synthetic_batches(experiment: setup.Experiment, batch_size: int, steps: int
     return parallel.global_batch(batch, parallel.batch_sharding(mesh, leading_axes=1), example_axis=1)
 
 
-def _timed(fn, *args) -> tuple[float, object]:
+def _seconds_per_call(fn, *args, repeats: int) -> float:
+    """Mean wall time of `repeats` back-to-back calls (dispatched asynchronously, one sync at the end)."""
+    jax.block_until_ready(fn(*args))  # Warm-up.
     start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return time.perf_counter() - start, out
+    for _ in range(repeats):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / repeats
 
 
-def run_bench(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float | None]:
-    experiment = setup.build_experiment(config, require_data=False)
-    mesh = build_mesh(config)
-    batch_size = config.bench.batch_size or config.train.batch_size
-    parallel.check_batch_size(batch_size, mesh.devices.size, config.train.grad_accum_steps)
+def _compile(fn, *args) -> tuple[float, object]:
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    return time.perf_counter() - start, compiled
+
+
+def prepare_train(experiment: setup.Experiment, mesh, batch_size: int):
+    """(compile seconds, compiled train step, fresh state, synthetic batches) for timing or profiling."""
+    config = experiment.config
     optimizer = make_optimizer(config.optim, config.train.num_steps)
     num_ema = len(config.train.ema_decays)
     _, shardings = state_shardings(experiment, optimizer, mesh, num_ema=num_ema, fsdp=config.mesh.fsdp > 1,
                                    min_fsdp_size=config.mesh.min_fsdp_size)
     state = create_train_state(experiment, optimizer, shardings, config.seed, num_ema)
-    per_dispatch = config.train.steps_per_dispatch
-    batches = _synthetic_batches(experiment, batch_size, per_dispatch, mesh)
-    train_step = make_train_step(experiment, optimizer, mesh, shardings)
+    batches = _synthetic_batches(experiment, batch_size, config.train.steps_per_dispatch, mesh)
+    compile_seconds, train_step = _compile(make_train_step(experiment, optimizer, mesh, shardings), state, batches)
+    return compile_seconds, train_step, state, batches
 
-    start = time.perf_counter()
-    compiled = train_step.lower(state, batches).compile()
-    compile_seconds = time.perf_counter() - start
-    state, _ = jax.block_until_ready(compiled(state, batches))  # Warm-up.
-    seconds, (state, _) = _timed(lambda s: _repeat(compiled, s, batches, config.bench.steps), state)
-    step_seconds = seconds / (config.bench.steps * per_dispatch)
 
-    sample_config = ml_collections.ConfigDict(config.sample.to_dict())
-    sample_config.num_steps = config.bench.sample_steps
-    generator = generate.make_generator(experiment, sample_config, mesh, sample_config.batch_size)
-    labels = generate.sample_labels(sample_config.batch_size, experiment.num_classes)
+def bench_train(experiment: setup.Experiment, mesh, batch_size: int) -> tuple[dict, object]:
+    config = experiment.config
+    compile_seconds, train_step, state, batches = prepare_train(experiment, mesh, batch_size)
+    state, _ = jax.block_until_ready(train_step(state, batches))  # Warm-up.
     start = time.perf_counter()
-    sampler = generator.lower(state.params, jnp.uint32(0), labels).compile()
-    sampler_compile_seconds = time.perf_counter() - start
-    jax.block_until_ready(sampler(state.params, jnp.uint32(0), labels))
-    sample_seconds, _ = _timed(sampler, state.params, jnp.uint32(1), labels)
+    for _ in range(config.bench.steps):
+        state, _ = train_step(state, batches)
+    jax.block_until_ready(state)
+    step_seconds = (time.perf_counter() - start) / (config.bench.steps * config.train.steps_per_dispatch)
+    results = {"train_compile_seconds": compile_seconds, "train_step_ms": 1e3 * step_seconds,
+               "train_examples_per_second": batch_size / step_seconds}
+    return results, state.params
+
+
+def bench_sampling(experiment: setup.Experiment, mesh, params) -> dict:
+    sample_config = ml_collections.ConfigDict(experiment.config.sample.to_dict())
+    sample_config.num_steps = experiment.config.bench.sample_steps
+    batch_size = sample_config.batch_size
+    labels = generate.sample_labels(batch_size, experiment.num_classes)
+    sharding = parallel.batch_sharding(mesh)
+    x = jax.device_put(np.random.default_rng(1).standard_normal((batch_size, *experiment.example_shape),
+                                                                np.float32), sharding)
+    t = jax.device_put(np.full((batch_size,), 0.5, np.float32), sharding)
+
+    @jax.jit
+    def denoise(params, x, t, labels):
+        return generate.make_denoiser(experiment, params, labels, sample_config)(x, t)
+
+    _, denoise = _compile(denoise, params, x, t, labels)
+    denoise_seconds = _seconds_per_call(denoise, params, x, t, labels, repeats=experiment.config.bench.steps)
+    generator = generate.make_generator(experiment, sample_config, mesh, batch_size)
+    compile_seconds, sampler = _compile(generator, params, jnp.uint32(0), labels)
+    sample_seconds = _seconds_per_call(sampler, params, jnp.uint32(0), labels, repeats=1)
+    sampler_step_seconds = sample_seconds / sample_config.num_steps
+    return {"sample_batch_size": batch_size, "denoiser_ms": 1e3 * denoise_seconds,
+            "denoiser_examples_per_second": batch_size / denoise_seconds,
+            "sampler_compile_seconds": compile_seconds, "sampler_step_ms": 1e3 * sampler_step_seconds,
+            "sampler_step_over_denoiser": sampler_step_seconds / denoise_seconds}
+
+
+def bench_accuracy(experiment: setup.Experiment, mesh, params, batch_size: int) -> dict:
+    """Loss and network output of the compute dtype against float32 (see the module docstring)."""
+    reference = dataclasses.replace(experiment, model=experiment.model.clone(dtype=jnp.float32))
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+    params = treedef.unflatten([p + 0.01 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+    batch = jax.tree.map(lambda x: x[0], _synthetic_batches(experiment, batch_size, 1, mesh))
+    t = jnp.full((batch_size,), 0.5)
+    cond = batch["label"] if experiment.num_classes else None
+
+    @jax.jit
+    def evaluate(params, batch):
+        key = jax.random.PRNGKey(3)
+        losses = [make_loss_fn(e)(params, batch, key, train=False)[0] for e in (experiment, reference)]
+        x_t = batch["image"] * 0.6 + 0.8 * jax.random.normal(key, batch["image"].shape)
+        outputs = [e.net_fn(params, train=False)(x_t, t, cond).astype(jnp.float32) for e in (experiment, reference)]
+        output_error = jnp.linalg.norm(outputs[0] - outputs[1]) / jnp.linalg.norm(outputs[1])
+        return losses[0], losses[1], output_error
+
+    loss, loss_f32, output_error = (float(v) for v in evaluate(params, batch))
+    return {"loss": loss, "loss_float32": loss_f32, "loss_relative_error": abs(loss - loss_f32) / loss_f32,
+            "output_relative_error": output_error}
+
+
+def run_bench(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float | None]:
+    experiment = bench_experiment(config)
+    mesh = build_mesh(config)
+    batch_size = config.bench.batch_size or config.train.batch_size
+    parallel.check_batch_size(batch_size, mesh.devices.size, config.train.grad_accum_steps)
+    train_results, params = bench_train(experiment, mesh, batch_size)
+    logging.info("bench train: %s", json.dumps(train_results))
+    examples_per_second = train_results["train_examples_per_second"]
+    train_peak_memory = peak_memory_bytes()
+    sampling_results, accuracy_results = {}, {}
+    if not config.bench.train_only:
+        sampling_results = bench_sampling(experiment, mesh, params)
+        accuracy_results = bench_accuracy(experiment, mesh, params, batch_size)
 
     cond = jax.ShapeDtypeStruct((1,), jnp.int32) if experiment.num_classes else None
     flops = forward_flops_per_example(experiment.model, experiment.example_shape, cond)
-    examples_per_second = batch_size / step_seconds
     peak = peak_flops_per_device(config)
     results = {
         "device_kind": jax.devices()[0].device_kind, "devices": mesh.devices.size, "batch_size": batch_size,
-        "train_compile_seconds": compile_seconds, "train_step_ms": 1e3 * step_seconds,
-        "train_examples_per_second": examples_per_second,
-        "sampler_compile_seconds": sampler_compile_seconds, "sample_batch_size": sample_config.batch_size,
-        "sampler_step_ms": 1e3 * sample_seconds / sample_config.num_steps,
-        "forward_gflops_per_example": flops / 1e9, "peak_memory_bytes": peak_memory_bytes(),
+        "model": config.model.name, "compute_dtype": config.model.compute_dtype,
+        "example_shape": list(experiment.example_shape), "fsdp": config.mesh.fsdp,
+        **train_results, "train_peak_memory_bytes": train_peak_memory,
+        "forward_gflops_per_example": flops / 1e9,
         "mfu": 3 * flops * examples_per_second / (mesh.devices.size * peak) if peak else None,
+        **sampling_results, **accuracy_results,
     }
     logging.info("bench: %s", json.dumps(results))
     if jax.process_index() == 0:
+        print(json.dumps(results), flush=True)
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "bench.json"), "w") as file:
             json.dump(results, file, indent=1)
     return results
-
-
-def _repeat(step_fn, state, batches, count: int):
-    for _ in range(count):
-        state, metrics = step_fn(state, batches)
-    return state, metrics

@@ -8,6 +8,7 @@ Clipping rescales the gradient g to g * min(1, c / ||g||_2) before Adam sees it 
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -35,9 +36,15 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> 
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-    """Clipping (if grad_clip_norm > 0) then AdamW with the schedule above."""
-    adamw = optax.adamw(learning_rate_schedule(optim, num_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                        weight_decay=optim.weight_decay)
-    if optim.grad_clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), adamw)
-    return adamw
+    """AdamW with the schedule above; the train step clips the gradient first (`clip_by_global_norm`)."""
+    return optax.adamw(learning_rate_schedule(optim, num_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                       weight_decay=optim.weight_decay)
+
+
+def clip_by_global_norm(grads, norm: jax.Array, max_norm: float):
+    """grads * min(1, max_norm / norm) (max_norm 0: unchanged), with `norm` = ||grads||_2 computed once by the
+    caller, which also logs it (optax's clipping transformation would compute it a second time)."""
+    if max_norm <= 0:
+        return grads
+    factor = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
+    return jax.tree.map(lambda g: g * factor.astype(g.dtype), grads)

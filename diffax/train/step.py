@@ -4,7 +4,7 @@ optimizer steps per dispatch with `lax.scan`.
     batches (n, B, *example) --scan over n--> one optimizer step each:
         key_s = fold_in(base_key, s)
         g = mean over k micro-batches of grad loss(params, micro-batch j, fold_in(key_s, j))   (k = grad_accum_steps)
-        params <- AdamW(clip(g)),  ema_d <- d ema_d + (1 - d) params
+        params <- AdamW(g * min(1, c / ||g||)),  ema_d <- d ema_d + (1 - d) params
 
 Micro-batch j takes every k-th example of each device's shard (examples i with i mod k = j after a reshape
 (B/k, k) -> (k, B/k)), so splitting the batch never moves data between devices. With one step per dispatch there
@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 
 from diffax import objectives, parallel
 from diffax.nets import drop_labels
-from diffax.train.optimizer import learning_rate_schedule
+from diffax.train.optimizer import clip_by_global_norm, learning_rate_schedule
 from diffax.train.setup import Experiment
 from diffax.train.state import TrainState, update_ema
 
@@ -95,9 +95,11 @@ def make_train_step(experiment: Experiment, optimizer: optax.GradientTransformat
     def one_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         key = jax.random.fold_in(state.key, state.step)
         grads, metrics = gradients(state.params, batch, key)
+        grad_norm = optax.tree.norm(grads)
+        grads = clip_by_global_norm(grads, grad_norm, experiment.config.optim.grad_clip_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}
+        metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": schedule(state.step)}
         state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               ema_params=update_ema(state.ema_params, params, decays))
         return state, metrics

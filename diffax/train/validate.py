@@ -9,6 +9,7 @@ import ml_collections
 
 from diffax import nets, objectives, schedules
 from diffax.sampling import SOLVERS
+from diffax.train.bench import parse_example_shape
 from diffax.train.optimizer import DECAYS
 from diffax.train.setup import DTYPES
 
@@ -75,6 +76,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _one_of(config, "sample.grid", GRID_KINDS)
     _positive(config, "sample.num_steps", "sample.num_samples", "sample.batch_size", "eval.batch_size",
               "eval.num_batches", "eval.bpd_examples", "bench.steps", "bench.sample_steps")
+    parse_example_shape(config.bench.example_shape)
     _require(-1 <= config.sample.ema_index < len(decays), "sample.ema_index", config.sample.ema_index,
              f"-1 (raw parameters) or an index into train.ema_decays (length {len(decays)})")
     _positive(config, "sample.guidance_scale", allow_zero=True)

@@ -144,3 +144,14 @@ def test_schedules_work_under_jit_and_vmap():
     schedule = S.VPCosine()
     fn = jax.jit(jax.vmap(schedule.derivatives))
     assert all(v.shape == (5,) for v in fn(jnp.linspace(0.1, 0.9, 5)))
+
+
+def test_loop_free_interp_matches_jnp_interp_and_its_gradient():
+    xp = np.cumsum(np.random.default_rng(0).uniform(0.1, 1.0, 40)).astype(np.float32)
+    fp = np.random.default_rng(1).standard_normal(40).astype(np.float32)
+    x = np.concatenate([np.random.default_rng(2).uniform(xp[0] - 2, xp[-1] + 2, 500), xp[1:-1]]).astype(np.float32)
+    ours = jax.jit(lambda x: S._interp(x, xp, fp))
+    np.testing.assert_allclose(ours(x), jnp.interp(x, xp, fp), rtol=1e-6, atol=1e-6)
+    inside = (xp[:-1] + xp[1:]) / 2  # Away from the knots, where the slope is defined.
+    slopes = jax.vmap(jax.grad(lambda x: S._interp(x, xp, fp)))(inside)
+    np.testing.assert_allclose(slopes, np.diff(fp) / np.diff(xp), rtol=1e-4)

@@ -100,11 +100,11 @@ def test_bfloat16_compute_matches_float32(kind, make_tiny, randomized):
     assert relative_error(out16, out32) < 1e-2
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_remat_keeps_parameters_outputs_and_gradients(kind, make_tiny, randomized):
+@pytest.mark.parametrize("kind, remat", [(kind, True) for kind in KINDS] + [("dit", "dots")])
+def test_remat_keeps_parameters_outputs_and_gradients(kind, remat, make_tiny, randomized):
     # One UNet level (ResBlocks and attention, no resampling) keeps the two gradient compilations quick.
     model, shape = make_tiny(kind, channel_mult=(1,)) if kind == "unet" else make_tiny(kind)
-    remat_model = model.clone(remat=True)
+    remat_model = model.clone(remat=remat)
     x = jax.random.normal(jax.random.key(1), (2, *shape))
     variables = randomized(model, x)
     t = jnp.array([0.3, 0.8])

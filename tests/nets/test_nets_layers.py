@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffax.nets import attention as attention_lib
 from diffax.nets.attention import Attention
 from diffax.nets.embeddings import fourier_embedding, sincos_2d_positions, sinusoidal_embedding
 from diffax.nets.layers import downsample_2d, num_groups, upsample_2d
@@ -32,6 +33,31 @@ def test_cross_attention_matches_reference(implementation):
     params = jax.jit(module.init)(jax.random.key(2), x, context)["params"]
     out = jax.jit(module.apply)({"params": params}, x, context)
     np.testing.assert_allclose(out, reference_attention(x, context, params, 4), rtol=1e-4, atol=1e-5)
+
+
+def test_self_attention_matches_reference():
+    x = jax.random.normal(jax.random.key(0), (2, 6, 16))
+    module = Attention(num_heads=2, zero_output=False)
+    params = jax.jit(module.init)(jax.random.key(1), x)["params"]
+    assert params["qkv"]["kernel"].shape == (16, 48)  # One fused projection, as nn.Dense(3 * width).
+    qkv = {"kernel": params["qkv"]["kernel"], "bias": params["qkv"]["bias"]}
+    reference_params = {"q": jax.tree.map(lambda a: a[..., :16], qkv), "kv": jax.tree.map(lambda a: a[..., 16:], qkv),
+                        "out": params["out"]}
+    out = jax.jit(module.apply)({"params": params}, x)
+    np.testing.assert_allclose(out, reference_attention(x, x, reference_params, 2), rtol=1e-4, atol=1e-5)
+
+
+def test_attention_implementation_choice(monkeypatch):
+    def q(dtype, head_dim):
+        return jnp.zeros((1, 4, 2, head_dim), dtype)
+
+    assert attention_lib.choose_implementation("cudnn", q(jnp.float32, 256)) == "cudnn"  # Explicit wins.
+    assert attention_lib.choose_implementation(None, q(jnp.bfloat16, 64)) == "xla"  # This machine has no GPU.
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert attention_lib.choose_implementation(None, q(jnp.bfloat16, 72)) == "cudnn"  # DiT-XL/2 heads.
+    assert attention_lib.choose_implementation(None, q(jnp.float16, 128)) == "cudnn"
+    for dtype, head_dim in ((jnp.float32, 64), (jnp.bfloat16, 256), (jnp.bfloat16, 20)):
+        assert attention_lib.choose_implementation(None, q(dtype, head_dim)) == "xla"
 
 
 def test_self_attention_is_permutation_equivariant():

@@ -1,18 +1,22 @@
-"""TensorBoard event files decode with protobuf; learning-rate schedule, EMA and FSDP sharding rules."""
+"""TensorBoard event files decode with protobuf; learning-rate schedule, clipping, EMA and FSDP sharding rules;
+the bench's shape override; the sampler's denoiser: one pass at guidance scale 1, clipping."""
 
 import json
 import os
 import struct
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from diffax.parallel import fsdp_spec
 from diffax.train import metrics
-from diffax.train.optimizer import learning_rate_schedule
+from diffax.train.bench import parse_example_shape
+from diffax.train.optimizer import clip_by_global_norm, learning_rate_schedule
 from diffax.train.state import update_ema
 
 
@@ -95,3 +99,52 @@ def test_ema_of_each_decay():
 ])
 def test_fsdp_rule(shape, min_size, expected):
     assert tuple(fsdp_spec(shape, 4, min_size)) == expected
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])
+def test_clipping_matches_optax(max_norm):
+    grads = {"a": jnp.arange(6.0).reshape(2, 3), "b": jnp.array([-3.0, 4.0])}
+    expected, _ = optax.clip_by_global_norm(max_norm).update(grads, None)
+    clipped = clip_by_global_norm(grads, optax.tree.norm(grads), max_norm)
+    for got, want in zip(jax.tree.leaves(clipped), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert clip_by_global_norm(grads, optax.tree.norm(grads), 0.0) is grads  # 0 disables clipping.
+
+
+def test_bench_example_shape_override():
+    assert parse_example_shape("") is None and parse_example_shape("32,32,4") == (32, 32, 4)
+    for bad in ("32,x", "0,4", "32,,4"):
+        with pytest.raises(ValueError, match="config.bench.example_shape"):
+            parse_example_shape(bad)
+
+
+def test_sampler_denoiser_guidance_and_clipping():
+    from diffax.evaluation.generate import make_denoiser
+    from diffax.schedules import get_schedule
+
+    calls = []
+
+    class Stub:
+        """Stands in for an Experiment: x0_fn(x, t, labels) = x * (1 + labels); label 3 is the null class."""
+
+        def __init__(self):
+            self.schedule, self.num_classes = get_schedule("vp_cosine"), 3
+
+        def x0_fn(self, params):
+            def x0_fn(x, t, labels):
+                calls.append(x.shape[0])
+                return x * (1.0 + labels[:, None])
+            return x0_fn
+
+    def sample_config(scale, clip=False):
+        return ml_collections.ConfigDict({"guidance_scale": scale, "clip_denoised": clip})
+
+    stub, x, t, labels = Stub(), jnp.ones((2, 4)), jnp.full((2,), 0.5), jnp.array([0, 2])
+    conditional = make_denoiser(stub, None, labels, sample_config(1.0))(x, t)
+    np.testing.assert_allclose(conditional, x * (1.0 + labels[:, None]))
+    guided = make_denoiser(stub, None, labels, sample_config(2.0))(x, t)  # x0_u + 2 (x0_c - x0_u), x0_u = 4 x.
+    np.testing.assert_allclose(guided, 4.0 * x + 2.0 * (x * (1.0 + labels[:, None]) - 4.0 * x), rtol=1e-6)
+    assert calls == [2, 4]  # Scale 1: one conditional pass; scale 2: conditional and null labels together.
+    clipped = make_denoiser(stub, None, labels, sample_config(2.0, clip=True))(x, t)
+    np.testing.assert_allclose(clipped, jnp.clip(guided, -1.0, 1.0))
+    assert float(jnp.min(guided)) < -1.0  # The clipping did something.

@@ -54,10 +54,14 @@ def test_eval_mode_reports_loss_and_bits_per_dim_for_every_parameter_set(trained
 
 
 def test_bench_mode_through_launch(tfds_dir, tmp_path):
-    launch("configs/cifar10_ddpm.py:tiny", tmp_path, "--config.bench.steps=1", mode="bench")
+    launch("configs/cifar10_ddpm.py:tiny", tmp_path, "--config.bench.steps=1", "--config.bench.example_shape=8,8,2",
+           "--config.model.compute_dtype=bfloat16", mode="bench")
     results = json.load(open(tmp_path / "bench.json"))
+    assert results["example_shape"] == [8, 8, 2] and results["compute_dtype"] == "bfloat16"
     assert results["train_examples_per_second"] > 0 and results["sampler_step_ms"] > 0
+    assert results["denoiser_examples_per_second"] > 0 and results["sampler_step_over_denoiser"] > 0
     assert results["forward_gflops_per_example"] > 0 and results["mfu"] is None  # No peak FLOP/s known for CPUs.
+    assert 0 < results["loss_relative_error"] < 1e-2 and 0 < results["output_relative_error"] < 3e-2  # bf16.
 
 
 def test_toy2d_trains_and_samples_a_scatter_plot(tmp_path):
