@@ -3,8 +3,8 @@
 Every process builds the same lazy `grain.MapDataset` over the *global* example stream and reads its own slice:
 
     source -> shuffle(seed), reshuffled every epoch -> repeat(num_epochs) -> preprocess (random flip drawn from the
-    seed and the global position) -> [finite epochs: cut to whole global batches] -> positions shard_index::shard_count
-    -> process p's block of every global batch -> batches of b = global_batch_size // shard_count.
+    seed and the global position) -> [finite epochs: cut to whole global batches] -> process p's block of every
+    global batch -> batches of b = global_batch_size // shard_count.
 
 Process p's k-th batch holds the global positions k * B + p * b + j for j < b: the global batch k is the positions
 [k * B, (k + 1) * B) of one stream, in order, split into consecutive blocks by process, whatever the number of
@@ -12,10 +12,16 @@ processes. `jax.make_array_from_process_local_data` puts process p's block at ro
 global array (devices are ordered by process), so the global array is the same on any topology, row for row. In an
 epoch the processes see disjoint examples that together cover it.
 
+A batch's b positions go down the stream as one grain `_getitems` call (shuffle, repeat and preprocess map each
+position or example as `stream[position]` would), so a source with `__getitems__` (TFDS's ArrayRecord sources) reads
+the batch's records with one batched read, much cheaper per record than single reads of a large file; other sources
+(in-memory arrays) are read record by record. Either way the batch is the same.
+
 The iterator's state is the number of batches it has yielded. Restoring slices the batched MapDataset there, so a
 resumed run sees exactly the batches the uninterrupted run would have, with any `worker_count` or process count.
 """
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -95,27 +101,41 @@ class DataIterator:
         self._iterator = None  # Any read-ahead belongs to the old position.
 
 
-class _ShardBlocks(grain.MapDataset):
-    """Element i = k * b + j of shard p is element k * (b * shard_count) + p * b + j of the parent stream."""
+@dataclasses.dataclass(frozen=True)
+class _BatchedReadSource:
+    """A source with `__getitems__` (TFDS's), offering it as the `_getitems` through which grain reads batches."""
+
+    source: Sequence[Mapping[str, np.ndarray]]
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> Mapping[str, np.ndarray]:
+        return self.source[index]
+
+    def _getitems(self, indices: Sequence[int]) -> Sequence[Mapping[str, np.ndarray]]:
+        return self.source.__getitems__(indices)
+
+
+class _ShardBatches(grain.MapDataset):
+    """Batch k of shard p: elements (k * shard_count + p) * b + j, j < b, of the parent, stacked to {key: (b, ...)}.
+
+    They are read with one `_getitems` call (grain 0.2.18's `MapDataset.batch` reads its elements one by one).
+    """
 
     def __init__(self, parent: grain.MapDataset, shard_index: int, shard_count: int, batch_size: int):
         super().__init__(parent)
         self._shard_index, self._shard_count, self._batch_size = shard_index, shard_count, batch_size
 
     def __len__(self) -> int:
-        return len(self._parent) // (self._batch_size * self._shard_count) * self._batch_size
-
-    def _parent_index(self, index: int) -> int:
-        batch, offset = divmod(index, self._batch_size)
-        return (batch * self._shard_count + self._shard_index) * self._batch_size + offset
+        return len(self._parent) // (self._batch_size * self._shard_count)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
             return self.slice(index)
-        return self._parent[self._parent_index(index)]
-
-    def _getitems(self, indices: Sequence[int]):
-        return self._parent._getitems([self._parent_index(index) for index in indices])
+        start = (index * self._shard_count + self._shard_index) * self._batch_size
+        elements = self._parent._getitems(list(range(start, start + self._batch_size)))
+        return {key: np.stack([element[key] for element in elements]) for key in elements[0]}
 
 
 def _shard_arguments(global_batch_size: int, shard_index: int | None, shard_count: int | None) -> tuple[int, int, int]:
@@ -149,6 +169,8 @@ def _make_iterator(
         raise ValueError(f"num_epochs {num_epochs} must be positive, or None to repeat forever")
     if len(source) == 0:
         raise ValueError(f"the source {fingerprint} has no examples")
+    if hasattr(source, "__getitems__"):
+        source = _BatchedReadSource(source)
     stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat(num_epochs)
     if transform is not None:
         stream = stream.random_map(transform)
@@ -159,7 +181,7 @@ def _make_iterator(
                 f"global_batch_size {global_batch_size} exceeds the {len(stream)} examples of {num_epochs} epoch(s)"
             )
         stream = stream[:whole]
-    batches = _ShardBlocks(stream, shard_index, shard_count, batch_size).batch(batch_size, drop_remainder=True)
+    batches = _ShardBatches(stream, shard_index, shard_count, batch_size)
     fingerprint = {**fingerprint, "seed": seed, "global_batch_size": global_batch_size}
     return DataIterator(batches, worker_count=worker_count, fingerprint=fingerprint)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from diffax.data import dataset_spec, make_array_dataset, make_dataset
+from diffax.data import dataset_spec, make_array_dataset, make_dataset, sources
 
 TINY_SIZE = 48  # Examples in conftest's tiny data sets; checked in test_user_prepared_data_set_loads.
 
@@ -139,6 +139,54 @@ def test_worker_processes_give_the_same_batches_and_resume(data_dir):
     fresh = _tiny(data_dir, random_flip=True, worker_count=2)
     fresh.set_state(iterator.get_state())
     _assert_same_batches(expected[3:], _take(fresh, 3))
+
+
+class _PerRecordSource:
+    """A TFDS source without `__getitems__`, so the pipeline reads it record by record; logs the single reads."""
+
+    def __init__(self, source):
+        self.source, self.single_reads = source, []
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        self.single_reads.append(index)  # list.append is thread-safe: grain reads batches on several threads.
+        return self.source[index]
+
+
+class _BatchedSource(_PerRecordSource):
+    """A TFDS source with `__getitems__`; logs the batched reads too."""
+
+    def __init__(self, source):
+        super().__init__(source)
+        self.batched_reads = []
+
+    def __getitems__(self, indices):
+        self.batched_reads.append(list(indices))
+        return self.source.__getitems__(indices)
+
+
+def test_batches_are_read_at_once_and_equal_per_record_reads(data_dir, monkeypatch):
+    open_source, opened = sources.open_source, []
+
+    def open_wrapped(wrapper):
+        def open_(*args, **kwargs):
+            opened.append(wrapper(open_source(*args, **kwargs)))
+            return opened[-1]
+
+        return open_
+
+    arguments = {"random_flip": True, "image_size": 5, "global_batch_size": 10, "shard_index": 1, "shard_count": 2}
+    runs = []
+    for wrapper in (_BatchedSource, _PerRecordSource):
+        monkeypatch.setattr(sources, "open_source", open_wrapped(wrapper))
+        runs.append(_take(_tiny(data_dir, **arguments), 12))  # 12 global batches of 10 span 3 epochs of 48.
+    _assert_same_batches(*runs)
+    batched, per_record = opened  # Read-ahead may have read more than the 12 batches taken.
+    assert not batched.single_reads and len(batched.batched_reads) >= 12
+    assert all(len(indices) == 5 for indices in batched.batched_reads)
+    assert len(per_record.single_reads) >= 12 * 5
 
 
 def test_no_tensorflow_needed(data_dir):
