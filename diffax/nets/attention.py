@@ -14,8 +14,9 @@ from typing import Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
-from diffax.nets.layers import Dtype, group_norm, xavier_init, zero_init
+from diffax.nets.layers import DENSE, Dtype, group_norm, xavier_init, zero_init
 
 AttentionImplementation = Literal["xla", "cudnn"] | None
 
@@ -84,10 +85,12 @@ class Attention(nn.Module):
         else:
             q = dense(features, name="q")(x)
             k, v = SplitDense(features, 2, name="kv", **precision)(context.astype(self.dtype))
-        q, k, v = (a.reshape(*a.shape[:2], self.num_heads, -1) for a in (q, k, v))  # (B, T, heads, head_dim)
+        # (B, T, heads, head_dim), named for remat's "dense" policy
+        q, k, v = (checkpoint_name(a, DENSE).reshape(*a.shape[:2], self.num_heads, -1) for a in (q, k, v))
         out = jax.nn.dot_product_attention(q, k, v, implementation=choose_implementation(self.implementation, q))
         out_init = zero_init if self.zero_output else xavier_init
-        return dense(features, kernel_init=out_init, name="out")(out.reshape(batch, length, features))
+        return checkpoint_name(dense(features, kernel_init=out_init, name="out")(out.reshape(batch, length, features)),
+                               DENSE)
 
 
 class SpatialAttention(nn.Module):

@@ -41,20 +41,53 @@ def group_norm(channels: int, eps: float, param_dtype: Dtype = jnp.float32, name
                         name=name)
 
 
-REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+NORMALIZED = "normalized"  # checkpoint name of the normalized (and modulated) inputs of dense layers
+DENSE = "dense"  # checkpoint name of dense-layer outputs, bias included
+CUDNN_ATTENTION_FORWARD = "dot_product_attention_fwd_wrapper"  # the primitive of jax's cuDNN flash attention
+
+
+def _cudnn_attention_saveable(prim, *_, **__) -> bool:
+    """cuDNN flash attention's forward outputs: (B, T, heads, head_dim) and the (B, heads, T) softmax statistics."""
+    return prim.name == CUDNN_ATTENTION_FORWARD
+
+
+# What a remat policy may keep for the backward pass; `maybe_remat` joins them with "+".
+SAVEABLE = {
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # matrix products without batch dimensions
+    "dense": jax.checkpoint_policies.save_only_these_names(DENSE),  # dense outputs that modules name, bias added
+    "attention": _cudnn_attention_saveable,  # otherwise the backward pass runs the attention forward kernel again
+    "norms": jax.checkpoint_policies.save_only_these_names(NORMALIZED),
+}
+
+
+def remat_policy(remat: str):
+    """The `jax.checkpoint` policy of `remat`: "full" (None: keep only the block inputs) or SAVEABLE keys joined by
+    "+", e.g. "dots+attention"."""
+    if remat == "full":
+        return None
+    parts = remat.split("+")
+    unknown = [part for part in parts if part not in SAVEABLE]
+    if unknown:
+        raise ValueError(f"remat {remat!r}: unknown part(s) {unknown}; use 'full' or '+'-joined parts of "
+                         f"{sorted(SAVEABLE)}")
+    policies = [SAVEABLE[part] for part in parts]
+    return lambda prim, *args, **params: any(policy(prim, *args, **params) for policy in policies)
 
 
 def maybe_remat(module_cls: type[nn.Module], remat: bool | str, static_argnums: tuple[int, ...] = ()):
     """`module_cls`, or its `nn.remat` (activations recomputed in the backward pass) as `remat` says.
 
     remat: False or "none" keeps every activation; True or "full" keeps only each block's inputs (one more forward
-    pass of compute); "dots" also keeps the outputs of matrix products without batch dimensions (dense layers), and
-    recomputes normalizations, activations, convolutions and attention: most of full remat's memory saving in a
-    transformer at a few percent of extra compute.
+    pass of compute); otherwise what to keep besides them, "+"-joined (see `remat_policy`): "dots" keeps the outputs
+    of matrix products and recomputes normalizations, activations, convolutions and attention (most of full remat's
+    memory saving in a transformer at a few percent of extra compute); "dense" keeps the same products' outputs with
+    their bias added, where modules name them `DENSE` (transformers do), so the backward pass adds no bias again;
+    "+attention" also keeps cuDNN attention's output and softmax statistics (one (B, T, D) array a block);
+    "+norms" the normalized inputs of dense layers that blocks name `NORMALIZED`.
     """
     if remat in (False, "none"):
         return module_cls
-    policy = REMAT_POLICIES["full" if remat is True else remat]
+    policy = remat_policy("full" if remat is True else remat)
     return nn.remat(module_cls, policy=policy, static_argnums=static_argnums)
 
 

@@ -56,7 +56,7 @@ class MLP(nn.Module):
       num_classes: class-conditional with a learned null class (index num_classes); None = no labels.
       cross_attention: cross-attend to cond (B, L, E) after every block; `num_heads` heads.
       out_features: output width; None = D.
-      remat: False, 'full' (or True) or 'dots': what `maybe_remat` recomputes in the backward pass.
+      remat: False, 'full' (or True) or '+'-joined parts to keep such as 'dots': see `maybe_remat`.
       dtype, param_dtype: compute and parameter dtypes.
     """
 

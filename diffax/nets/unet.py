@@ -65,7 +65,7 @@ class UNet(nn.Module):
       num_classes: class-conditional with a learned null class (index num_classes); None = no labels.
       cross_attention: attend to cond (B, L, E) in every attention block.
       out_channels: output channels; None = same as the input.
-      remat: False, 'full' (or True) or 'dots': what `maybe_remat` recomputes in the backward pass.
+      remat: False, 'full' (or True) or '+'-joined parts to keep such as 'dots': see `maybe_remat`.
       attention_implementation: 'xla', 'cudnn' or None (cuDNN where it applies; see diffax.nets.attention).
       dtype, param_dtype: compute and parameter dtypes.
     """

@@ -7,8 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax._src.ad_checkpoint import saved_residuals  # the function behind jax.ad_checkpoint.print_saved_residuals
 
 from diffax.nets import drop_labels
+from diffax.nets.layers import DENSE, NORMALIZED, remat_policy
 
 KINDS = ("unet", "dit", "mlp")
 
@@ -100,7 +102,8 @@ def test_bfloat16_compute_matches_float32(kind, make_tiny, randomized):
     assert relative_error(out16, out32) < 1e-2
 
 
-@pytest.mark.parametrize("kind, remat", [(kind, True) for kind in KINDS] + [("dit", "dots")])
+@pytest.mark.parametrize("kind, remat",
+                         [(kind, True) for kind in KINDS] + [("dit", "dots+attention+norms"), ("dit", "dense+norms")])
 def test_remat_keeps_parameters_outputs_and_gradients(kind, remat, make_tiny, randomized):
     # One UNet level (ResBlocks and attention, no resampling) keeps the two gradient compilations quick.
     model, shape = make_tiny(kind, channel_mult=(1,)) if kind == "unet" else make_tiny(kind)
@@ -119,6 +122,27 @@ def test_remat_keeps_parameters_outputs_and_gradients(kind, remat, make_tiny, ra
     np.testing.assert_allclose(remat_value, value, rtol=1e-5)
     for g, rg in zip(jax.tree.leaves(grads), jax.tree.leaves(remat_grads), strict=True):
         np.testing.assert_allclose(rg, g, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(g))))
+
+
+@pytest.mark.parametrize("remat, normalized, dense, dots", [("dots", 0, 0, 6), ("dots+norms", 2, 0, 6),
+                                                             ("dense+norms", 2, 6, 0), ("full", 0, 0, 0)])
+def test_remat_policy_keeps_what_it_names(remat, normalized, dense, dots, make_tiny):
+    # A DiT block has 6 dense layers on its tokens (q, k, v, out, 2 MLP) and 2 normalized inputs of them (bf16
+    # (B, N, D)); "dots" keeps the raw products, "dense" the same outputs with bias (named), "norms" the inputs.
+    model, shape = make_tiny("dit")
+    model = model.clone(remat=remat, dtype=jnp.bfloat16)
+    x, t = jnp.zeros((2, *shape)), jnp.array([0.3, 0.8])
+    variables = model.init(jax.random.key(0), x, t, train=False)
+    residuals = saved_residuals(lambda v: model.apply(v, x, t, train=True).sum(), variables)
+    tokens = [(aval, why) for aval, why in residuals if aval.ndim == 3 and aval.dtype == jnp.bfloat16]
+    assert sum(f"named '{NORMALIZED}'" in why for _, why in tokens) == normalized * model.depth
+    assert sum(f"named '{DENSE}'" in why for _, why in tokens) == dense * model.depth
+    assert sum("output of dot_general" in why for _, why in tokens) == dots * model.depth
+
+
+def test_remat_rejects_unknown_parts():
+    with pytest.raises(ValueError, match="unknown part"):
+        remat_policy("dots+everything")
 
 
 def test_dropout_draws_from_the_dropout_rng(make_tiny, randomized):
