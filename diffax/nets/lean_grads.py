@@ -2,9 +2,9 @@
 
 In a DiT-XL/2 train step on an H100 the matrix products run near peak; what is left is memory traffic of
 elementwise work over (B, N, D) and (B, N, 4D) activations. Autodiff of the two pieces below made XLA write
-intermediates it then read back (the tanh of the GELU as its own (B, N, 4D) array; float32 copies of the residual
-stream and several reductions for the layer norm). Written by hand, each backward is one or two fused passes over
-its inputs; the formulas are the textbook derivatives, checked against autodiff in tests/nets/test_lean_grads.py.
+intermediates it then read back (the tanh of the GELU as its own (B, N, 4D) array; the layer norm's backward spread
+over eight kernels). Written by hand, each backward is a few fused passes over its inputs; the formulas are the
+textbook derivatives, checked against autodiff in tests/nets/test_lean_grads.py.
 
     gelu_tanh(x)            = x/2 (1 + tanh(u)),  u = c (x + 0.044715 x^3),  c = sqrt(2/pi)
       backward              dx = dy ((1 + t)/2 + x/2 (1 - t^2) c (1 + 3 * 0.044715 x^2)),  t = tanh(u)
