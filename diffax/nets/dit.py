@@ -28,7 +28,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from diffax.nets.attention import Attention, AttentionImplementation
 from diffax.nets.embeddings import ConditioningEmbedding, EmbeddingType, sincos_2d_positions, split_condition
-from diffax.nets.lean_grads import gelu_tanh, modulated_layer_norm
+from diffax.nets.lean_grads import NormImplementation, choose_norm_implementation, gelu_tanh, modulated_layer_norm
 from diffax.nets.layers import (DENSE, NORMALIZED, Dtype, PatchEmbed, maybe_remat, pad_to_multiple, xavier_init,
                                 zero_init)
 
@@ -39,6 +39,7 @@ class DiTBlock(nn.Module):
     num_heads: int
     mlp_ratio: float = 4.0
     attention_implementation: AttentionImplementation = None
+    norm_implementation: NormImplementation = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -53,7 +54,9 @@ class DiTBlock(nn.Module):
         shift_1, scale_1, gate_1, shift_2, scale_2, gate_2 = jnp.split(modulation, 6, axis=-1)
 
         def adaln(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
-            return checkpoint_name(modulated_layer_norm(x, shift, scale, 1e-6, self.dtype), NORMALIZED)
+            normalized = modulated_layer_norm(x, shift, scale, 1e-6, self.dtype,
+                                              choose_norm_implementation(self.norm_implementation))
+            return checkpoint_name(normalized, NORMALIZED)
 
         x = (x + gate_1[:, None] * attention()(adaln(x, shift_1, scale_1))).astype(self.dtype)
         if context is not None:
@@ -78,6 +81,7 @@ class DiT(nn.Module):
       remat: False, 'full' (or True), or what to keep, e.g. 'dots' or 'dense+attention+norms' (see
         `maybe_remat`; the named outputs are the dense layers' (bias added) and the adaLN outputs).
       attention_implementation: 'xla', 'cudnn' or None (cuDNN where it applies; see diffax.nets.attention).
+      norm_implementation: adaLN as 'xla', 'pallas' or None (Pallas kernels on GPUs; see diffax.nets.lean_grads).
       dtype, param_dtype: compute and parameter dtypes.
     """
 
@@ -94,6 +98,7 @@ class DiT(nn.Module):
     out_channels: int | None = None
     remat: bool | str = False
     attention_implementation: AttentionImplementation = None
+    norm_implementation: NormImplementation = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -121,13 +126,14 @@ class DiT(nn.Module):
 
         block_cls = maybe_remat(DiTBlock, self.remat)
         for index in range(self.depth):
-            tokens = block_cls(self.num_heads, self.mlp_ratio, self.attention_implementation, name=f"block{index}",
-                               **precision)(tokens, c, context)
+            tokens = block_cls(self.num_heads, self.mlp_ratio, self.attention_implementation,
+                               self.norm_implementation, name=f"block{index}", **precision)(tokens, c, context)
 
         modulation = nn.Dense(2 * self.hidden_size, kernel_init=zero_init, param_dtype=self.param_dtype,
                               name="head_modulation")(c)
         shift, scale = jnp.split(modulation, 2, axis=-1)
-        tokens = modulated_layer_norm(tokens, shift, scale, 1e-6, self.dtype)
+        tokens = modulated_layer_norm(tokens, shift, scale, 1e-6, self.dtype,
+                                      choose_norm_implementation(self.norm_implementation))
         patches = nn.Dense(p * p * out_channels, kernel_init=zero_init, name="head", **precision)(tokens)
         out = patches.reshape(batch, grid_h, grid_w, p, p, out_channels).transpose(0, 1, 3, 2, 4, 5)
         out = out.reshape(batch, grid_h * p, grid_w * p, out_channels)

@@ -40,8 +40,11 @@ def forward_flops_per_example(model: nn.Module, input_shape: Sequence[int],
     Returns:
       FLOPs per example.
     """
-    if hasattr(model, "attention_implementation"):  # cuDNN attention has no CPU lowering; XLA's counts the same.
+    # cuDNN attention and the Pallas norm kernels have no CPU lowering; XLA's versions count the same.
+    if hasattr(model, "attention_implementation"):
         model = model.clone(attention_implementation="xla")
+    if hasattr(model, "norm_implementation"):
+        model = model.clone(norm_implementation="xla")
     x = jax.ShapeDtypeStruct((batch_size, *input_shape), jnp.float32)
     noise_level = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
     variables = jax.eval_shape(lambda key, x, t, c: model.init(key, x, t, c, train=False),

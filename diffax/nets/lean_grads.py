@@ -13,18 +13,24 @@ textbook derivatives, checked against autodiff in tests/nets/test_lean_grads.py.
                             dshift = sum_N dy;  dscale = sum_N dy xhat
 
 Both compute in float32 whatever the input dtype and return the input's dtype (the layer norm: `dtype`).
+The layer norm has two implementations of the same formulas: 'xla' (jnp, fused by XLA) and 'pallas' (one GPU
+kernel each way, `diffax.nets.norm_kernels`; interpreted off GPUs); None picks 'pallas' on a GPU backend.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from diffax.nets import norm_kernels
 from diffax.nets.layers import NORMALIZED, Dtype
+
+NormImplementation = Literal["xla", "pallas"] | None
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
@@ -58,27 +64,44 @@ def _layer_norm_stats(x: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
     return mean, jax.lax.rsqrt(var + eps)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def modulated_layer_norm(x: jax.Array, shift: jax.Array, scale: jax.Array, eps: float, dtype: Dtype) -> jax.Array:
+def choose_norm_implementation(implementation: NormImplementation) -> str:
+    """`implementation`, or for None: 'pallas' on a GPU backend, else 'xla'."""
+    if implementation is not None:
+        return implementation
+    return "pallas" if jax.default_backend() == "gpu" else "xla"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def modulated_layer_norm(x: jax.Array, shift: jax.Array, scale: jax.Array, eps: float, dtype: Dtype,
+                         implementation: str = "xla") -> jax.Array:
     """adaLN: LayerNorm(x) (no affine) * (1 + scale) + shift, in float32, returned as `dtype`.
 
     x (B, N, D), shift and scale (B, D) -> (B, N, D). Matches flax's LayerNorm(use_bias=False, use_scale=False)
-    followed by DiT's modulate. The mean and 1/std are named `NORMALIZED`, so remat's "norms" keeps them.
+    followed by DiT's modulate. `implementation`: 'xla' or 'pallas' (see the module docstring). The mean and
+    1/std are named `NORMALIZED`, so remat's "norms" keeps them.
     """
-    return _modulated_layer_norm_fwd(x, shift, scale, eps, dtype)[0]
+    return _modulated_layer_norm_fwd(x, shift, scale, eps, dtype, implementation)[0]
 
 
-def _modulated_layer_norm_fwd(x, shift, scale, eps, dtype):
-    mean, rstd = _layer_norm_stats(x, eps)
+def _modulated_layer_norm_fwd(x, shift, scale, eps, dtype, implementation):
+    if implementation == "pallas":
+        y, mean, rstd = norm_kernels.modulated_layer_norm_forward(x, shift, scale, eps, dtype,
+                                                                  interpret=jax.default_backend() != "gpu")
+    else:
+        mean, rstd = _layer_norm_stats(x, eps)
+        xhat = (x.astype(jnp.float32) - mean) * rstd
+        y = (xhat * (1 + scale[:, None].astype(jnp.float32)) + shift[:, None].astype(jnp.float32)).astype(dtype)
     mean, rstd = checkpoint_name(mean, NORMALIZED), checkpoint_name(rstd, NORMALIZED)
-    xhat = (x.astype(jnp.float32) - mean) * rstd
-    y = xhat * (1 + scale[:, None].astype(jnp.float32)) + shift[:, None].astype(jnp.float32)
-    return y.astype(dtype), (x, mean, rstd, shift, scale)
+    return y, (x, mean, rstd, shift, scale)
 
 
-def _modulated_layer_norm_bwd(eps, dtype, residuals, dy):
+def _modulated_layer_norm_bwd(eps, dtype, implementation, residuals, dy):
     del eps, dtype
     x, mean, rstd, shift, scale = residuals
+    if implementation == "pallas":
+        dx, dshift, dscale = norm_kernels.modulated_layer_norm_backward(
+            x, dy, mean, rstd, scale, interpret=jax.default_backend() != "gpu")
+        return dx, dshift.astype(shift.dtype), dscale.astype(scale.dtype)
     dy = dy.astype(jnp.float32)
     xhat = (x.astype(jnp.float32) - mean) * rstd
     g = dy * (1 + scale[:, None].astype(jnp.float32))

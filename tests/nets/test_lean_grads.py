@@ -31,13 +31,16 @@ def test_gelu_tanh_bfloat16_gradient_is_float32_math_rounded_once():
     np.testing.assert_allclose(dx.astype(jnp.float32), exact, rtol=2**-8, atol=1e-6)
 
 
-@pytest.mark.parametrize("offset", [0.0, 30.0])  # a large mean tests the one-pass variance
-def test_modulated_layer_norm_matches_flax_value_and_gradients(offset):
+# A large mean tests the one-pass variance of 'xla'. The Pallas kernels run interpreted here; (3, 128, 24) gives
+# them several rows a program, a row length that is not a power of two and several partial sums an example.
+@pytest.mark.parametrize("implementation, offset, shape", [
+    ("xla", 0.0, (2, 5, 16)), ("xla", 30.0, (2, 5, 16)), ("pallas", 30.0, (2, 5, 16)), ("pallas", 0.0, (3, 128, 24))])
+def test_modulated_layer_norm_matches_flax_value_and_gradients(implementation, offset, shape):
     kx, ks, kc, kg = jax.random.split(jax.random.key(0), 4)
-    x = offset + 3 * jax.random.normal(kx, (2, 5, 16))
-    shift, scale = jax.random.normal(ks, (2, 16)), jax.random.normal(kc, (2, 16))
-    cotangent = jax.random.normal(kg, (2, 5, 16))
-    ours = lambda *a: modulated_layer_norm(*a, 1e-6, jnp.float32)  # noqa: E731
+    x = offset + 3 * jax.random.normal(kx, shape)
+    shift, scale = jax.random.normal(ks, (shape[0], shape[2])), jax.random.normal(kc, (shape[0], shape[2]))
+    cotangent = jax.random.normal(kg, shape)
+    ours = lambda *a: modulated_layer_norm(*a, 1e-6, jnp.float32, implementation)  # noqa: E731
     reference = lambda *a: reference_adaln(*a, 1e-6)  # noqa: E731
     out, vjp = jax.vjp(ours, x, shift, scale)
     ref_out, ref_vjp = jax.vjp(reference, x, shift, scale)
@@ -56,10 +59,12 @@ def test_modulated_layer_norm_gradient_sums_to_zero_along_features():
     np.testing.assert_allclose(jnp.sum(dx, axis=-1), 0.0, atol=1e-5)
 
 
-def test_modulated_layer_norm_keeps_input_dtype_in_gradient_and_returns_dtype():
+@pytest.mark.parametrize("implementation", ["xla", "pallas"])
+def test_modulated_layer_norm_keeps_input_dtype_in_gradient_and_returns_dtype(implementation):
     x = jax.random.normal(jax.random.key(3), (2, 4, 8)).astype(jnp.bfloat16)
     shift = scale = jnp.zeros((2, 8))
-    out, vjp = jax.vjp(lambda x, s, c: modulated_layer_norm(x, s, c, 1e-6, jnp.bfloat16), x, shift, scale)
+    out, vjp = jax.vjp(lambda x, s, c: modulated_layer_norm(x, s, c, 1e-6, jnp.bfloat16, implementation), x, shift,
+                       scale)
     dx, dshift, dscale = vjp(jnp.ones_like(out))
     assert (out.dtype, dx.dtype, dshift.dtype, dscale.dtype) == (jnp.bfloat16, jnp.bfloat16, jnp.float32, jnp.float32)
 

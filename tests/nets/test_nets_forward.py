@@ -124,13 +124,14 @@ def test_remat_keeps_parameters_outputs_and_gradients(kind, remat, make_tiny, ra
         np.testing.assert_allclose(rg, g, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(g))))
 
 
-@pytest.mark.parametrize("remat, normalized, dense, dots", [("dots", 0, 0, 6), ("dots+norms", 2, 0, 6),
-                                                             ("dense+norms", 2, 6, 0), ("full", 0, 0, 0)])
-def test_remat_policy_keeps_what_it_names(remat, normalized, dense, dots, make_tiny):
+@pytest.mark.parametrize("remat, normalized, dense, dots, norm", [
+    ("dots", 0, 0, 6, "xla"), ("dots+norms", 2, 0, 6, "xla"), ("dense+norms", 2, 6, 0, "xla"), ("full", 0, 0, 0, "xla"),
+    ("dense+norms", 2, 6, 0, "pallas")])
+def test_remat_policy_keeps_what_it_names(remat, normalized, dense, dots, norm, make_tiny):
     # A DiT block has 6 dense layers on its tokens (q, k, v, out, 2 MLP) and 2 normalized inputs of them (bf16
     # (B, N, D)); "dots" keeps the raw products, "dense" the same outputs with bias (named), "norms" the inputs.
     model, shape = make_tiny("dit")
-    model = model.clone(remat=remat, dtype=jnp.bfloat16)
+    model = model.clone(remat=remat, dtype=jnp.bfloat16, norm_implementation=norm)
     x, t = jnp.zeros((2, *shape)), jnp.array([0.3, 0.8])
     variables = model.init(jax.random.key(0), x, t, train=False)
     residuals = saved_residuals(lambda v: model.apply(v, x, t, train=True).sum(), variables)

@@ -1,0 +1,135 @@
+"""The modulated layer norm (DiT's adaLN) as two Pallas GPU (Triton) kernels: one pass forward, one pass backward.
+
+XLA splits a layer norm into a statistics reduction and a normalizing pass and, for a bfloat16 input, writes a
+float32 copy of the input between them; its backward spreads over several kernels. Each kernel here reads its
+inputs once and writes its outputs once, holding a few rows (D features each) in registers:
+
+    forward   x (M, D), shift and scale (B, D)  ->  y = xhat (1 + scale) + shift,  mean (M,), rstd (M,)
+    backward  x, dy (M, D), mean, rstd         ->  dx (M, D),  dshift and dscale partial sums (M / R, D)
+
+M = B * N rows (N tokens per example), R rows a program. The formulas are those of `diffax.nets.lean_grads`;
+float32 math, two-pass (centred) variance in registers. Row lengths that are not powers of two (DiT-XL's 1152)
+are padded to one inside the kernel with masked loads. `interpret=True` runs the same kernels on any backend
+(slowly; the tests do this on a CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+# Tuned on an H100 at DiT-XL/2's (256, 256, 1152) in bfloat16 (benchmarks/NOTES.md, v5).
+_FORWARD_ROWS = 2  # rows a forward program normalizes
+_BACKWARD_ROWS = 64  # rows a backward program reduces into one partial sum of dshift and dscale
+_CHUNK_ROWS = 1  # rows a backward program holds in registers at once
+_NUM_WARPS = 4
+
+
+def _rows_dividing(tokens: int, most: int) -> int:
+    """The largest power of two <= `most` that divides `tokens` (so a program's rows share one example)."""
+    rows = most
+    while tokens % rows:
+        rows //= 2
+    return rows
+
+
+def _tile(row0, rows: int, features: int, width: int):
+    """Flat offsets (rows, width) of rows row0.. in a row-major (M, features) array, and the column mask (1, width)."""
+    cols = jnp.arange(width)
+    offsets = (row0 + jnp.arange(rows))[:, None] * features + cols[None, :]
+    return offsets, (cols < features)[None, :]
+
+
+def _load_f32(ref, offsets, mask):
+    return pltriton.load(ref.at[offsets], mask=jnp.broadcast_to(mask, offsets.shape), other=0.0).astype(jnp.float32)
+
+
+def _example_row(ref, example, features: int, width: int):
+    """Row `example` of a (B, features) array, (1, width) float32 (zero past `features`)."""
+    offsets, mask = _tile(example, 1, features, width)
+    return _load_f32(ref, offsets, mask)
+
+
+def _forward_kernel(x_ref, shift_ref, scale_ref, y_ref, mean_ref, rstd_ref, *, features, width, rows, tokens, eps):
+    row0 = pl.program_id(0) * rows
+    offsets, mask = _tile(row0, rows, features, width)
+    x = _load_f32(x_ref, offsets, mask)
+    mean = jnp.sum(x, axis=1, keepdims=True) / features
+    centred = jnp.where(mask, x - mean, 0.0)
+    rstd = jax.lax.rsqrt(jnp.sum(centred * centred, axis=1, keepdims=True) / features + eps)
+    example = row0 // tokens
+    gain = 1 + _example_row(scale_ref, example, features, width)
+    y = centred * rstd * gain + _example_row(shift_ref, example, features, width)
+    pltriton.store(y_ref.at[offsets], y.astype(y_ref.dtype), mask=jnp.broadcast_to(mask, offsets.shape))
+    row_offsets = row0 + jnp.arange(rows)
+    pltriton.store(mean_ref.at[row_offsets], mean[:, 0])
+    pltriton.store(rstd_ref.at[row_offsets], rstd[:, 0])
+
+
+def _backward_kernel(x_ref, dy_ref, mean_ref, rstd_ref, scale_ref, dx_ref, dshift_ref, dscale_ref, *, features,
+                     width, rows, chunk, tokens):
+    program = pl.program_id(0)
+    row0 = program * rows
+    gain = 1 + _example_row(scale_ref, row0 // tokens, features, width)
+
+    def chunk_body(index, sums):
+        start = row0 + index * chunk
+        offsets, mask = _tile(start, chunk, features, width)
+        row_offsets = start + jnp.arange(chunk)
+        mean = pltriton.load(mean_ref.at[row_offsets])[:, None]
+        rstd = pltriton.load(rstd_ref.at[row_offsets])[:, None]
+        xhat = jnp.where(mask, (_load_f32(x_ref, offsets, mask) - mean) * rstd, 0.0)
+        dy = _load_f32(dy_ref, offsets, mask)
+        g = dy * gain
+        mean_g = jnp.sum(g, axis=1, keepdims=True) / features
+        mean_gx = jnp.sum(g * xhat, axis=1, keepdims=True) / features
+        dx = rstd * (g - mean_g - xhat * mean_gx)
+        pltriton.store(dx_ref.at[offsets], dx.astype(dx_ref.dtype), mask=jnp.broadcast_to(mask, offsets.shape))
+        dshift, dscale = sums
+        return dshift + jnp.sum(dy, axis=0), dscale + jnp.sum(dy * xhat, axis=0)
+
+    zeros = jnp.zeros((width,), jnp.float32)
+    dshift, dscale = jax.lax.fori_loop(0, rows // chunk, chunk_body, (zeros, zeros))
+    offsets, mask = _tile(program, 1, features, width)
+    pltriton.store(dshift_ref.at[offsets[0]], dshift, mask=mask[0])
+    pltriton.store(dscale_ref.at[offsets[0]], dscale, mask=mask[0])
+
+
+def modulated_layer_norm_forward(x: jax.Array, shift: jax.Array, scale: jax.Array, eps: float, dtype,
+                                 interpret: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """x (B, N, D), shift and scale (B, D) -> y (B, N, D) in `dtype`, mean and rstd (B, N, 1) float32."""
+    batch, tokens, features = x.shape
+    width, rows = pl.next_power_of_2(features), _rows_dividing(tokens, _FORWARD_ROWS)
+    kernel = functools.partial(_forward_kernel, features=features, width=width, rows=rows, tokens=tokens, eps=eps)
+    m = batch * tokens
+    y, mean, rstd = pl.pallas_call(
+        kernel, grid=(m // rows,), interpret=interpret, name="modulated_layer_norm_forward",
+        out_shape=[jax.ShapeDtypeStruct((m * features,), dtype), jax.ShapeDtypeStruct((m,), jnp.float32),
+                   jax.ShapeDtypeStruct((m,), jnp.float32)],
+        compiler_params=pltriton.CompilerParams(num_warps=_NUM_WARPS),
+    )(x.reshape(-1), shift.reshape(-1), scale.reshape(-1))
+    return y.reshape(x.shape), mean.reshape(batch, tokens, 1), rstd.reshape(batch, tokens, 1)
+
+
+def modulated_layer_norm_backward(x: jax.Array, dy: jax.Array, mean: jax.Array, rstd: jax.Array, scale: jax.Array,
+                                  interpret: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """x, dy (B, N, D), mean and rstd (B, N, 1), scale (B, D) -> dx (B, N, D) in x's dtype, dshift and dscale
+    (B, D) float32."""
+    batch, tokens, features = x.shape
+    width, rows = pl.next_power_of_2(features), _rows_dividing(tokens, _BACKWARD_ROWS)
+    chunk = min(rows, _CHUNK_ROWS)
+    kernel = functools.partial(_backward_kernel, features=features, width=width, rows=rows, chunk=chunk,
+                               tokens=tokens)
+    m = batch * tokens
+    partial_sum = jax.ShapeDtypeStruct((m // rows * features,), jnp.float32)
+    dx, dshift, dscale = pl.pallas_call(
+        kernel, grid=(m // rows,), interpret=interpret, name="modulated_layer_norm_backward",
+        out_shape=[jax.ShapeDtypeStruct((m * features,), x.dtype), partial_sum, partial_sum],
+        compiler_params=pltriton.CompilerParams(num_warps=_NUM_WARPS),
+    )(x.reshape(-1), dy.reshape(-1), mean.reshape(-1), rstd.reshape(-1), scale.reshape(-1))
+    per_example = (batch, tokens // rows, features)
+    return dx.reshape(x.shape), dshift.reshape(per_example).sum(1), dscale.reshape(per_example).sum(1)
