@@ -11,6 +11,10 @@ M = B * N rows (N tokens per example), R rows a program. The formulas are those 
 float32 math, two-pass (centred) variance in registers. Row lengths that are not powers of two (DiT-XL's 1152)
 are padded to one inside the kernel with masked loads. `interpret=True` runs the same kernels on any backend
 (slowly; the tests do this on a CPU).
+
+Under a jit over a device `Mesh`, XLA cannot partition a kernel (a custom call) and would gather the whole batch
+onto every device; `custom_partitioning` tells it that examples are independent, so each device normalizes its
+own (tests/train/test_sharding.py checks that no collective remains).
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as pltriton
+from jax.sharding import NamedSharding, PartitionSpec
 
 # Tuned on an H100 at DiT-XL/2's (256, 256, 1152) in bfloat16 (benchmarks/NOTES.md, v5).
 _FORWARD_ROWS = 2  # rows a forward program normalizes
@@ -99,9 +105,8 @@ def _backward_kernel(x_ref, dy_ref, mean_ref, rstd_ref, scale_ref, dx_ref, dshif
     pltriton.store(dscale_ref.at[offsets[0]], dscale, mask=mask[0])
 
 
-def modulated_layer_norm_forward(x: jax.Array, shift: jax.Array, scale: jax.Array, eps: float, dtype,
-                                 interpret: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """x (B, N, D), shift and scale (B, D) -> y (B, N, D) in `dtype`, mean and rstd (B, N, 1) float32."""
+def _forward_call(x: jax.Array, shift: jax.Array, scale: jax.Array, eps: float, dtype, interpret: bool):
+    """The forward kernel on one device's arrays: x (B, N, D) -> y (B, N, D), mean and rstd (B, N)."""
     batch, tokens, features = x.shape
     width, rows = pl.next_power_of_2(features), _rows_dividing(tokens, _FORWARD_ROWS)
     kernel = functools.partial(_forward_kernel, features=features, width=width, rows=rows, tokens=tokens, eps=eps)
@@ -112,13 +117,12 @@ def modulated_layer_norm_forward(x: jax.Array, shift: jax.Array, scale: jax.Arra
                    jax.ShapeDtypeStruct((m,), jnp.float32)],
         compiler_params=pltriton.CompilerParams(num_warps=_NUM_WARPS),
     )(x.reshape(-1), shift.reshape(-1), scale.reshape(-1))
-    return y.reshape(x.shape), mean.reshape(batch, tokens, 1), rstd.reshape(batch, tokens, 1)
+    return y.reshape(x.shape), mean.reshape(batch, tokens), rstd.reshape(batch, tokens)
 
 
-def modulated_layer_norm_backward(x: jax.Array, dy: jax.Array, mean: jax.Array, rstd: jax.Array, scale: jax.Array,
-                                  interpret: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """x, dy (B, N, D), mean and rstd (B, N, 1), scale (B, D) -> dx (B, N, D) in x's dtype, dshift and dscale
-    (B, D) float32."""
+def _backward_call(x: jax.Array, dy: jax.Array, mean: jax.Array, rstd: jax.Array, scale: jax.Array,
+                   interpret: bool):
+    """The backward kernel on one device's arrays: mean and rstd (B, N) -> dx (B, N, D), dshift, dscale (B, D)."""
     batch, tokens, features = x.shape
     width, rows = pl.next_power_of_2(features), _rows_dividing(tokens, _BACKWARD_ROWS)
     chunk = min(rows, _CHUNK_ROWS)
@@ -133,3 +137,52 @@ def modulated_layer_norm_backward(x: jax.Array, dy: jax.Array, mean: jax.Array, 
     )(x.reshape(-1), dy.reshape(-1), mean.reshape(-1), rstd.reshape(-1), scale.reshape(-1))
     per_example = (batch, tokens // rows, features)
     return dx.reshape(x.shape), dshift.reshape(per_example).sum(1), dscale.reshape(per_example).sum(1)
+
+
+def _split_over_examples(call, operands: str, results: str):
+    """`call` as an op that SPMD partitioning splits over examples only; `operands` and `results` name the array
+    arguments' and results' axes (b examples, n tokens, d features); the arguments after those are static.
+
+    XLA cannot partition a Pallas kernel (a custom call): by default it would gather the whole batch onto every
+    device. Every example is independent here, so each device runs the kernel on its own examples; the tokens and
+    features axes are gathered if they were sharded (diffax shards only the batch axis).
+    """
+    num_arrays = len(operands.split(","))
+    partitioned = custom_partitioning(call, static_argnums=tuple(range(num_arrays, call.__code__.co_argcount)))
+
+    def per_example_shardings(mesh, arg_shapes, shapes):
+        spec = getattr(arg_shapes[0].sharding, "spec", ())
+        examples = spec[0] if len(spec) else None
+        return tuple(NamedSharding(mesh, PartitionSpec(examples, *[None] * (len(shape.shape) - 1)))
+                     for shape in shapes)
+
+    def infer(*args):
+        *_, mesh, arg_shapes, result_shape = args
+        return per_example_shardings(mesh, arg_shapes, result_shape)
+
+    def partition(*args):
+        *static, mesh, arg_shapes, result_shape = args
+        return (mesh, lambda *arrays: call(*arrays, *static), per_example_shardings(mesh, arg_shapes, result_shape),
+                per_example_shardings(mesh, arg_shapes, arg_shapes))
+
+    partitioned.def_partition(partition, infer_sharding_from_operands=infer,
+                              sharding_rule=f"{operands} -> {results}", need_replication_factors=("n", "d"))
+    return partitioned
+
+
+_forward = _split_over_examples(_forward_call, "b n d, b d, b d", "b n d, b n, b n")
+_backward = _split_over_examples(_backward_call, "b n d, b n d, b n, b n, b d", "b n d, b d, b d")
+
+
+def modulated_layer_norm_forward(x: jax.Array, shift: jax.Array, scale: jax.Array, eps: float, dtype,
+                                 interpret: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """x (B, N, D), shift and scale (B, D) -> y (B, N, D) in `dtype`, mean and rstd (B, N, 1) float32."""
+    y, mean, rstd = _forward(x, shift, scale, eps, dtype, interpret)
+    return y, mean[..., None], rstd[..., None]
+
+
+def modulated_layer_norm_backward(x: jax.Array, dy: jax.Array, mean: jax.Array, rstd: jax.Array, scale: jax.Array,
+                                  interpret: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """x, dy (B, N, D), mean and rstd (B, N, 1), scale (B, D) -> dx (B, N, D) in x's dtype, dshift and dscale
+    (B, D) float32."""
+    return _backward(x, dy, mean[..., 0], rstd[..., 0], scale, interpret)
