@@ -14,7 +14,9 @@ textbook derivatives, checked against autodiff in tests/nets/test_lean_grads.py.
 
 Both compute in float32 whatever the input dtype and return the input's dtype (the layer norm: `dtype`).
 The layer norm has two implementations of the same formulas: 'xla' (jnp, fused by XLA) and 'pallas' (one GPU
-kernel each way, `diffax.nets.norm_kernels`; interpreted off GPUs); None picks 'pallas' on a GPU backend.
+kernel each way, `diffax.nets.norm_kernels`; interpreted off GPUs); None picks 'pallas' on a GPU backend. 'pallas'
+falls back to the XLA formulas for arrays of 2**31 elements or more (as traced, i.e. the global batch under jit
+over a Mesh), which the kernels' int32 offsets cannot address.
 """
 
 from __future__ import annotations
@@ -83,8 +85,12 @@ def modulated_layer_norm(x: jax.Array, shift: jax.Array, scale: jax.Array, eps: 
     return _modulated_layer_norm_fwd(x, shift, scale, eps, dtype, implementation)[0]
 
 
+def _uses_kernels(implementation: str, x: jax.Array) -> bool:
+    return implementation == "pallas" and norm_kernels.supports(x)
+
+
 def _modulated_layer_norm_fwd(x, shift, scale, eps, dtype, implementation):
-    if implementation == "pallas":
+    if _uses_kernels(implementation, x):
         y, mean, rstd = norm_kernels.modulated_layer_norm_forward(x, shift, scale, eps, dtype,
                                                                   interpret=jax.default_backend() != "gpu")
     else:
@@ -98,7 +104,7 @@ def _modulated_layer_norm_fwd(x, shift, scale, eps, dtype, implementation):
 def _modulated_layer_norm_bwd(eps, dtype, implementation, residuals, dy):
     del eps, dtype
     x, mean, rstd, shift, scale = residuals
-    if implementation == "pallas":
+    if _uses_kernels(implementation, x):
         dx, dshift, dscale = norm_kernels.modulated_layer_norm_backward(
             x, dy, mean, rstd, scale, interpret=jax.default_backend() != "gpu")
         return dx, dshift.astype(shift.dtype), dscale.astype(scale.dtype)

@@ -43,6 +43,11 @@ def _rows_dividing(tokens: int, most: int) -> int:
     return rows
 
 
+def supports(x: jax.Array) -> bool:
+    """Whether the kernels can take x: they address it by int32 offsets."""
+    return x.size < 2**31
+
+
 def _tile(row0, rows: int, features: int, width: int):
     """Flat offsets (rows, width) of rows row0.. in a row-major (M, features) array, and the column mask (1, width)."""
     cols = jnp.arange(width)

@@ -68,3 +68,12 @@ def test_modulated_layer_norm_keeps_input_dtype_in_gradient_and_returns_dtype(im
     dx, dshift, dscale = vjp(jnp.ones_like(out))
     assert (out.dtype, dx.dtype, dshift.dtype, dscale.dtype) == (jnp.bfloat16, jnp.bfloat16, jnp.float32, jnp.float32)
 
+
+
+@pytest.mark.parametrize("shape, kernels", [((2, 8, 16), True), ((2**16, 2**8, 2**7), False)])  # 2**31 elements
+def test_pallas_layer_norm_uses_xla_formulas_beyond_int32_offsets(shape, kernels):
+    x = jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+    shift = jax.ShapeDtypeStruct((shape[0], shape[2]), jnp.float32)
+    grad = jax.grad(lambda x, s: modulated_layer_norm(x, s, s, 1e-6, jnp.float32, "pallas").sum())
+    jaxpr = str(jax.make_jaxpr(grad)(x, shift))
+    assert ("custom_partitioning" in jaxpr) == kernels
