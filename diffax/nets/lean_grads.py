@@ -68,9 +68,11 @@ def _layer_norm_stats(x: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
 
 def choose_norm_implementation(implementation: NormImplementation) -> str:
     """`implementation`, or for None: 'pallas' on a GPU backend, else 'xla'."""
-    if implementation is not None:
-        return implementation
-    return "pallas" if jax.default_backend() == "gpu" else "xla"
+    if implementation is None:
+        return "pallas" if jax.default_backend() == "gpu" else "xla"
+    if implementation not in ("xla", "pallas"):
+        raise ValueError(f"norm_implementation {implementation!r}: use 'xla', 'pallas' or None")
+    return implementation
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffax.nets.lean_grads import gelu_tanh, modulated_layer_norm
+from diffax.nets.lean_grads import choose_norm_implementation, gelu_tanh, modulated_layer_norm
 
 
 def reference_adaln(x, shift, scale, eps):
@@ -77,3 +77,10 @@ def test_pallas_layer_norm_uses_xla_formulas_beyond_int32_offsets(shape, kernels
     grad = jax.grad(lambda x, s: modulated_layer_norm(x, s, s, 1e-6, jnp.float32, "pallas").sum())
     jaxpr = str(jax.make_jaxpr(grad)(x, shift))
     assert ("custom_partitioning" in jaxpr) == kernels
+
+
+def test_norm_implementation_choice_and_bad_value():
+    assert choose_norm_implementation(None) == ("pallas" if jax.default_backend() == "gpu" else "xla")
+    assert choose_norm_implementation("pallas") == "pallas"
+    with pytest.raises(ValueError, match="'triton'"):
+        choose_norm_implementation("triton")
