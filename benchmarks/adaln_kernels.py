@@ -11,24 +11,15 @@ so only a GPU gives meaningful times.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from diffax.nets.lean_grads import _modulated_layer_norm_bwd, _modulated_layer_norm_fwd
+from diffax.train.bench import seconds_per_call
 
 EPS = 1e-6
-
-
-def mean_ms(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    start = time.perf_counter()
-    for _ in range(repeats):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / repeats * 1e3
 
 
 def main() -> None:
@@ -49,8 +40,9 @@ def main() -> None:
         y, residuals = forward(x, shift, scale)
         backward = jax.jit(lambda r, dy, i=implementation: _modulated_layer_norm_bwd(EPS, jnp.bfloat16, i, r, dy))
         results[implementation] = (y, *backward(residuals, dy))
-        print(f"{implementation:>6}: forward {mean_ms(forward, x, shift, scale, repeats=args.repeats):.3f} ms, "
-              f"backward {mean_ms(backward, residuals, dy, repeats=args.repeats):.3f} ms", flush=True)
+        forward_ms = 1e3 * seconds_per_call(forward, x, shift, scale, repeats=args.repeats)
+        backward_ms = 1e3 * seconds_per_call(backward, residuals, dy, repeats=args.repeats)
+        print(f"{implementation:>6}: forward {forward_ms:.3f} ms, backward {backward_ms:.3f} ms", flush=True)
     for name, a, b in zip(("y", "dx", "dshift", "dscale"), results["xla"], results["pallas"], strict=True):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
         print(f"{name}: largest difference {np.abs(a - b).max():.3g} (largest value {np.abs(a).max():.3g})")

@@ -83,7 +83,7 @@ def _synthetic_batches(experiment: setup.Experiment, batch_size: int, steps: int
     return parallel.global_batch(batch, parallel.batch_sharding(mesh, leading_axes=1), example_axis=1)
 
 
-def _seconds_per_call(fn, *args, repeats: int) -> float:
+def seconds_per_call(fn, *args, repeats: int) -> float:
     """Mean wall time of `repeats` back-to-back calls (dispatched asynchronously, one sync at the end)."""
     jax.block_until_ready(fn(*args))  # Warm-up.
     start = time.perf_counter()
@@ -141,10 +141,10 @@ def bench_sampling(experiment: setup.Experiment, mesh, params) -> dict:
         return generate.make_denoiser(experiment, params, labels, sample_config)(x, t)
 
     _, denoise = _compile(denoise, params, x, t, labels)
-    denoise_seconds = _seconds_per_call(denoise, params, x, t, labels, repeats=experiment.config.bench.steps)
+    denoise_seconds = seconds_per_call(denoise, params, x, t, labels, repeats=experiment.config.bench.steps)
     generator = generate.make_generator(experiment, sample_config, mesh, batch_size)
     compile_seconds, sampler = _compile(generator, params, jnp.uint32(0), labels)
-    sample_seconds = _seconds_per_call(sampler, params, jnp.uint32(0), labels, repeats=1)
+    sample_seconds = seconds_per_call(sampler, params, jnp.uint32(0), labels, repeats=1)
     sampler_step_seconds = sample_seconds / sample_config.num_steps
     return {"sample_batch_size": batch_size, "denoiser_ms": 1e3 * denoise_seconds,
             "denoiser_examples_per_second": batch_size / denoise_seconds,
