@@ -93,8 +93,7 @@ def _uses_kernels(implementation: str, x: jax.Array) -> bool:
 
 def _modulated_layer_norm_fwd(x, shift, scale, eps, dtype, implementation):
     if _uses_kernels(implementation, x):
-        y, mean, rstd = norm_kernels.modulated_layer_norm_forward(x, shift, scale, eps, dtype,
-                                                                  interpret=jax.default_backend() != "gpu")
+        y, mean, rstd = norm_kernels.modulated_layer_norm_forward(x, shift, scale, eps, dtype)
     else:
         mean, rstd = _layer_norm_stats(x, eps)
         xhat = (x.astype(jnp.float32) - mean) * rstd
@@ -107,8 +106,7 @@ def _modulated_layer_norm_bwd(eps, dtype, implementation, residuals, dy):
     del eps, dtype
     x, mean, rstd, shift, scale = residuals
     if _uses_kernels(implementation, x):
-        dx, dshift, dscale = norm_kernels.modulated_layer_norm_backward(
-            x, dy, mean, rstd, scale, interpret=jax.default_backend() != "gpu")
+        dx, dshift, dscale = norm_kernels.modulated_layer_norm_backward(x, dy, mean, rstd, scale)
         return dx, dshift.astype(shift.dtype), dscale.astype(scale.dtype)
     dy = dy.astype(jnp.float32)
     xhat = (x.astype(jnp.float32) - mean) * rstd

@@ -179,15 +179,20 @@ _forward = _split_over_examples(_forward_call, "b n d, b d, b d", "b n d, b n, b
 _backward = _split_over_examples(_backward_call, "b n d, b n d, b n, b n, b d", "b n d, b d, b d")
 
 
+def _interpret(interpret: bool | None) -> bool:
+    """None: interpret the kernels wherever they cannot compile (off GPUs)."""
+    return jax.default_backend() != "gpu" if interpret is None else interpret
+
+
 def modulated_layer_norm_forward(x: jax.Array, shift: jax.Array, scale: jax.Array, eps: float, dtype,
-                                 interpret: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+                                 interpret: bool | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """x (B, N, D), shift and scale (B, D) -> y (B, N, D) in `dtype`, mean and rstd (B, N, 1) float32."""
-    y, mean, rstd = _forward(x, shift, scale, eps, dtype, interpret)
+    y, mean, rstd = _forward(x, shift, scale, eps, dtype, _interpret(interpret))
     return y, mean[..., None], rstd[..., None]
 
 
 def modulated_layer_norm_backward(x: jax.Array, dy: jax.Array, mean: jax.Array, rstd: jax.Array, scale: jax.Array,
-                                  interpret: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+                                  interpret: bool | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """x, dy (B, N, D), mean and rstd (B, N, 1), scale (B, D) -> dx (B, N, D) in x's dtype, dshift and dscale
     (B, D) float32."""
-    return _backward(x, dy, mean[..., 0], rstd[..., 0], scale, interpret)
+    return _backward(x, dy, mean[..., 0], rstd[..., 0], scale, _interpret(interpret))
