@@ -104,9 +104,9 @@ def prepare_train(experiment: setup.Experiment, mesh, batch_size: int):
     config = experiment.config
     optimizer = make_optimizer(config.optim, config.train.num_steps)
     num_ema = len(config.train.ema_decays)
-    _, shardings = state_shardings(experiment, optimizer, mesh, num_ema=num_ema, fsdp=config.mesh.fsdp > 1,
-                                   min_fsdp_size=config.mesh.min_fsdp_size)
-    state = create_train_state(experiment, optimizer, shardings, config.seed, num_ema)
+    abstract, shardings = state_shardings(experiment, optimizer, mesh, num_ema=num_ema, fsdp=config.mesh.fsdp > 1,
+                                          min_fsdp_size=config.mesh.min_fsdp_size)
+    state = create_train_state(experiment, optimizer, abstract, config.seed)
     batches = _synthetic_batches(experiment, batch_size, config.train.steps_per_dispatch, mesh)
     compile_seconds, train_step = _compile(make_train_step(experiment, optimizer, mesh, shardings), state, batches)
     return compile_seconds, train_step, state, batches

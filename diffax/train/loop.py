@@ -29,7 +29,7 @@ from diffax.evaluation import generate, grid
 from diffax.train import metrics as metrics_lib
 from diffax.train import setup
 from diffax.train.optimizer import make_optimizer
-from diffax.train.state import TrainState, create_train_state, state_shardings
+from diffax.train.state import TrainState, create_train_state, for_checkpoint, state_shardings, with_cast_params
 from diffax.train.step import make_train_step
 
 
@@ -80,9 +80,9 @@ def restore_or_create(experiment: setup.Experiment, mesh: jax.sharding.Mesh, che
                                           fsdp=config.mesh.fsdp > 1, min_fsdp_size=config.mesh.min_fsdp_size)
     if checkpointer.latest_step() is not None:
         logging.info("resuming from %s at step %d", checkpointer.directory, checkpointer.latest_step())
-        state, data_state = checkpointer.restore(abstract)
-        return state, shardings, data_state
-    state = create_train_state(experiment, optimizer, shardings, config.seed, len(config.train.ema_decays))
+        state, data_state = checkpointer.restore(for_checkpoint(abstract))
+        return with_cast_params(state, abstract), shardings, data_state
+    state = create_train_state(experiment, optimizer, abstract, config.seed)
     return state, shardings, None
 
 
@@ -164,7 +164,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 _flush(pending, writer, progress, window_start, window_examples)
                 window_start, window_examples = time.time(), 0
             if save:
-                checkpointer.save(step, state, iterator.get_state(), config)
+                checkpointer.save(step, for_checkpoint(state), iterator.get_state(), config)
             if preempted:
                 logging.warning("preempted: saved step %d, exiting", step)
                 break

@@ -58,11 +58,14 @@ class Experiment:
         return objectives.make_x0_fn(self.net_fn(params, train=False), self.schedule, diffusion.prediction,
                                      diffusion.noise_conditioning, diffusion.sigma_data)
 
+    def dummy_inputs(self) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+        """(x (1, *example_shape), noise_level (1,), cond (1,) or None): zeros to initialize or trace the network."""
+        cond = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+        return jnp.zeros((1, *self.example_shape), jnp.float32), jnp.zeros((1,)), cond
+
     def init_params(self, key: jax.Array) -> Any:
         """Fresh parameters (use under jit / eval_shape)."""
-        x = jnp.zeros((1, *self.example_shape), jnp.float32)
-        cond = jnp.zeros((1,), jnp.int32) if self.num_classes else None
-        return self.model.init(key, x, jnp.zeros((1,)), cond, train=False)["params"]
+        return self.model.init(key, *self.dummy_inputs(), train=False)["params"]
 
 
 def data_spec(config: ml_collections.ConfigDict, *, require_data: bool = True

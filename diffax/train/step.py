@@ -5,6 +5,7 @@ optimizer steps per dispatch with `lax.scan`.
         key_s = fold_in(base_key, s)
         g = mean over k micro-batches of grad loss(params, micro-batch j, fold_in(key_s, j))   (k = grad_accum_steps)
         params <- AdamW(g * min(1, c / ||g||)),  ema_d <- d ema_d + (1 - d) params
+        cast_params <- params in the network's compute dtypes (the copy the next step computes with, `param_casts`)
 
 Micro-batch j takes every k-th example of each device's shard (examples i with i mod k = j after a reshape
 (B/k, k) -> (k, B/k)), so splitting the batch never moves data between devices. With one step per dispatch there
@@ -23,6 +24,7 @@ from jax.sharding import Mesh
 
 from diffax import objectives, parallel
 from diffax.nets import drop_labels
+from diffax.train import param_casts
 from diffax.train.optimizer import clip_by_global_norm, learning_rate_schedule
 from diffax.train.setup import Experiment
 from diffax.train.state import TrainState, update_ema
@@ -74,33 +76,39 @@ def make_train_step(experiment: Experiment, optimizer: optax.GradientTransformat
     train_config = experiment.config.train
     accum = train_config.grad_accum_steps
     decays = tuple(train_config.ema_decays)
-    grad_fn = jax.grad(make_loss_fn(experiment), has_aux=True)
+    loss_grad = jax.grad(make_loss_fn(experiment), has_aux=True)
     schedule = learning_rate_schedule(experiment.config.optim, train_config.num_steps)
 
-    def gradients(params, batch: Batch, key: jax.Array):
+    def grad_fn(params, cast_params: param_casts.Copy, batch: Batch, key: jax.Array):
+        """Gradients (in params' dtypes) at the parameters the network computes with."""
+        grads, metrics = loss_grad(param_casts.with_copy(params, cast_params), batch, key)
+        return param_casts.like(grads, params), metrics
+
+    def gradients(params, cast_params: param_casts.Copy, batch: Batch, key: jax.Array):
         if accum == 1:
-            return grad_fn(params, batch, key)
+            return grad_fn(params, cast_params, batch, key)
 
         def accumulate(total, inputs):
             index, micro = inputs
-            grads, metrics = grad_fn(params, micro, jax.random.fold_in(key, index))
+            grads, metrics = grad_fn(params, cast_params, micro, jax.random.fold_in(key, index))
             return jax.tree.map(jnp.add, total, (grads, metrics)), None
 
         micro = _microbatches(batch, accum, mesh)
-        shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), key)
+        shapes = jax.eval_shape(grad_fn, params, cast_params, jax.tree.map(lambda x: x[0], micro), key)
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum), micro))
         return jax.tree.map(lambda x: x / accum, total)
 
     def one_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         key = jax.random.fold_in(state.key, state.step)
-        grads, metrics = gradients(state.params, batch, key)
+        grads, metrics = gradients(state.params, state.cast_params, batch, key)
         grad_norm = optax.tree.norm(grads)
         grads = clip_by_global_norm(grads, grad_norm, experiment.config.optim.grad_clip_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": schedule(state.step)}
         state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              cast_params=param_casts.refresh(params, state.cast_params),
                               ema_params=update_ema(state.ema_params, params, decays))
         return state, metrics
 
