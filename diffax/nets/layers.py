@@ -13,6 +13,7 @@ residual branch, so each block starts as the identity.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, Literal
 
 import flax.linen as nn
@@ -25,6 +26,16 @@ Resample = Literal["none", "up", "down"]
 
 zero_init = nn.initializers.zeros_init()
 xavier_init = nn.initializers.xavier_uniform()
+
+
+def split_xavier_init(num_splits: int) -> Callable[..., jax.Array]:
+    """Initializer of one (fan_in, fan_out) block of a (fan_in, num_splits * fan_out) Xavier-uniform matrix:
+    U(-b, b) with b = sqrt(6 / (fan_in + num_splits * fan_out)), e.g. q, k and v as one fused qkv projection."""
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
+        bound = np.sqrt(6.0 / (shape[0] + num_splits * shape[1]))
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
 
 
 def num_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> int:

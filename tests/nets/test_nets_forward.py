@@ -120,8 +120,11 @@ def test_remat_keeps_parameters_outputs_and_gradients(kind, remat, make_tiny, ra
     value, grads = value_and_grad(model)
     remat_value, remat_grads = value_and_grad(remat_model)
     np.testing.assert_allclose(remat_value, value, rtol=1e-5)
+    # Tolerance on the scale of the largest gradient: the key bias's exact gradient is zero (softmax is invariant
+    # to a shift of all logits), so on its own scale the two would compare rounding noise.
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads))
     for g, rg in zip(jax.tree.leaves(grads), jax.tree.leaves(remat_grads), strict=True):
-        np.testing.assert_allclose(rg, g, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(g))))
+        np.testing.assert_allclose(rg, g, rtol=1e-4, atol=1e-6 * scale)
 
 
 @pytest.mark.parametrize("remat, normalized, dense, dots, norm", [

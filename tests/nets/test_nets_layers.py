@@ -8,7 +8,7 @@ import pytest
 from diffax.nets import attention as attention_lib
 from diffax.nets.attention import Attention
 from diffax.nets.embeddings import fourier_embedding, sincos_2d_positions, sinusoidal_embedding
-from diffax.nets.layers import downsample_2d, num_groups, upsample_2d
+from diffax.nets.layers import downsample_2d, num_groups, split_xavier_init, upsample_2d
 
 
 def reference_attention(x, context, params, num_heads):
@@ -16,7 +16,7 @@ def reference_attention(x, context, params, num_heads):
     x, context = np.asarray(x, np.float64), np.asarray(context, np.float64)
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     q = x @ p["q"]["kernel"] + p["q"]["bias"]
-    k, v = np.split(context @ p["kv"]["kernel"] + p["kv"]["bias"], 2, axis=-1)
+    k, v = (context @ p[name]["kernel"] + p[name]["bias"] for name in "kv")
     q, k, v = (a.reshape(*a.shape[:2], num_heads, -1).transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, N, T, d)
     logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
     weights = np.exp(logits - logits.max(-1, keepdims=True))
@@ -39,12 +39,16 @@ def test_self_attention_matches_reference():
     x = jax.random.normal(jax.random.key(0), (2, 6, 16))
     module = Attention(num_heads=2, zero_output=False)
     params = jax.jit(module.init)(jax.random.key(1), x)["params"]
-    assert params["qkv"]["kernel"].shape == (16, 48)  # One fused projection, as nn.Dense(3 * width).
-    qkv = {"kernel": params["qkv"]["kernel"], "bias": params["qkv"]["bias"]}
-    reference_params = {"q": jax.tree.map(lambda a: a[..., :16], qkv), "kv": jax.tree.map(lambda a: a[..., 16:], qkv),
-                        "out": params["out"]}
+    assert {name: params[name]["kernel"].shape for name in "qkv"} == {"q": (16, 16), "k": (16, 16), "v": (16, 16)}
     out = jax.jit(module.apply)({"params": params}, x)
-    np.testing.assert_allclose(out, reference_attention(x, x, reference_params, 2), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out, reference_attention(x, x, params, 2), rtol=1e-4, atol=1e-5)
+
+
+def test_split_xavier_init_is_a_block_of_the_fused_xavier_matrix():
+    kernel = split_xavier_init(3)(jax.random.key(0), (256, 64))
+    fused_bound = np.sqrt(6.0 / (256 + 3 * 64))  # Xavier-uniform over the (256, 192) fused matrix.
+    assert 0.99 * fused_bound < np.abs(kernel).max() <= fused_bound
+    np.testing.assert_allclose(np.std(kernel), fused_bound / np.sqrt(3.0), rtol=0.03)
 
 
 def test_attention_implementation_choice(monkeypatch):
