@@ -62,7 +62,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     train.grad_accum_steps = 1  # Micro-batches per optimizer step (batch_size must split evenly).
     train.steps_per_dispatch = 1  # Optimizer steps per jitted call (lax.scan); log/checkpoint intervals align.
     # Keep a copy of the parameters in their compute dtypes (bf16), written by each update: same loss and gradients,
-    # faster GPU matrix products (bias epilogues); costs 2 bytes per bf16-computed parameter (diffax/train/param_casts).
+    # faster GPU matrix products (bias epilogues); costs 2 bytes per bf16-computed parameter (diffax/train/param_casts)
+    # and one more array per such parameter to launch each jitted call: for short steps use steps_per_dispatch > 1.
     train.cast_params_once = True
     train.ema_decays = (0.999,)  # One EMA of the parameters per decay; sampling uses ema_decays[sample.ema_index].
     train.log_every = 50
@@ -116,6 +117,7 @@ def shrink(config: ml_collections.ConfigDict, variant: str) -> ml_collections.Co
     config.train.checkpoint_every = 100 if variant == "cpu" else 2
     config.optim.warmup_steps = 10 if variant == "cpu" else 1
     config.mesh.fsdp = 1
+    config.train.steps_per_dispatch = 1  # XLA:CPU runs loop bodies slowly; the short intervals above need 1.
     config.model.compute_dtype = "float32"
     config.sample.num_samples = config.sample.batch_size = 16 if variant == "cpu" else 4
     config.sample.num_steps = 20 if variant == "cpu" else 3
