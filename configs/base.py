@@ -63,8 +63,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     train.steps_per_dispatch = 1  # Optimizer steps per jitted call (lax.scan); log/checkpoint intervals align.
     # Keep a copy of the parameters in their compute dtypes (bf16), written by each update: same loss and gradients,
     # faster GPU matrix products (bias epilogues); costs 2 bytes per bf16-computed parameter (diffax/train/param_casts)
-    # and one more array per such parameter to launch each jitted call: for short steps use steps_per_dispatch > 1.
+    # and one more array per such parameter for each jitted call to launch (the copy is never packed, see below).
     train.cast_params_once = True
+    # State leaves of at most this many numbers cross each jitted call packed in one buffer per dtype, so that the
+    # launch handles a few arrays instead of hundreds of biases and scales (diffax/train/packing); 0: none packed.
+    train.pack_max_elements = 65536
     train.ema_decays = (0.999,)  # One EMA of the parameters per decay; sampling uses ema_decays[sample.ema_index].
     train.log_every = 50
     train.checkpoint_every = 500

@@ -3,7 +3,10 @@
 Reports (to the log, stdout and WORKDIR/bench.json):
   train:    compile time, ms per optimizer step, examples/s, peak device memory, model-FLOPs utilization
                 MFU = 3 * forward FLOPs per example * examples/s / (devices * peak FLOP/s per device)
-            (a training step costs about 3 forward passes: the forward, and the backward's two products per layer);
+            (a training step costs about 3 forward passes: the forward, and the backward's two products per layer),
+            the host's time to launch one call (train.steps_per_dispatch steps) onto idle devices (wall time until
+            the call returns, median of 5) and the number of arrays the call takes as the train state (`packing`):
+            the host limits the rate where launching a call takes about as long as running it;
   denoiser: ms per call of the sampler's denoiser on a batch of sample.batch_size, and examples/s;
   sampler:  ms per step of a `bench.sample_steps`-step run of sample.method, and its ratio to one denoiser call
             (1 + the sampler's own overhead for one-evaluation solvers such as DDIM);
@@ -34,7 +37,7 @@ from diffax.nets import forward_flops_per_example
 from diffax.train import setup
 from diffax.train.loop import build_mesh
 from diffax.train.optimizer import make_optimizer
-from diffax.train.state import create_train_state, state_shardings
+from diffax.train.state import create_train_state, state_packing, state_shardings
 from diffax.train.step import make_loss_fn, make_train_step
 
 # Dense bf16 peak FLOP/s per device, by substring of `device.device_kind` (vendor data sheets).
@@ -100,30 +103,40 @@ def _compile(fn, *args) -> tuple[float, object]:
 
 
 def prepare_train(experiment: setup.Experiment, mesh, batch_size: int):
-    """(compile seconds, compiled train step, fresh state, synthetic batches) for timing or profiling."""
+    """(compile seconds, compiled train step, fresh state in its packed form, synthetic batches, the packing) for
+    timing or profiling."""
     config = experiment.config
     optimizer = make_optimizer(config.optim, config.train.num_steps)
     num_ema = len(config.train.ema_decays)
-    abstract, shardings = state_shardings(experiment, optimizer, mesh, num_ema=num_ema, fsdp=config.mesh.fsdp > 1,
-                                          min_fsdp_size=config.mesh.min_fsdp_size)
-    state = create_train_state(experiment, optimizer, abstract, config.seed)
+    abstract, _ = state_shardings(experiment, optimizer, mesh, num_ema=num_ema, fsdp=config.mesh.fsdp > 1,
+                                  min_fsdp_size=config.mesh.min_fsdp_size)
+    packing = state_packing(abstract, config.train.pack_max_elements)
+    packed = packing.packed(create_train_state(experiment, optimizer, abstract, config.seed))
     batches = _synthetic_batches(experiment, batch_size, config.train.steps_per_dispatch, mesh)
-    compile_seconds, train_step = _compile(make_train_step(experiment, optimizer, mesh, shardings), state, batches)
-    return compile_seconds, train_step, state, batches
+    compile_seconds, train_step = _compile(make_train_step(experiment, optimizer, mesh, packing), packed, batches)
+    return compile_seconds, train_step, packed, batches, packing
 
 
 def bench_train(experiment: setup.Experiment, mesh, batch_size: int) -> tuple[dict, object]:
     config = experiment.config
-    compile_seconds, train_step, state, batches = prepare_train(experiment, mesh, batch_size)
-    state, _ = jax.block_until_ready(train_step(state, batches))  # Warm-up.
+    compile_seconds, train_step, packed, batches, packing = prepare_train(experiment, mesh, batch_size)
+    packed, _ = jax.block_until_ready(train_step(packed, batches))  # Warm-up.
     start = time.perf_counter()
     for _ in range(config.bench.steps):
-        state, _ = train_step(state, batches)
-    jax.block_until_ready(state)
+        packed, _ = train_step(packed, batches)
+    jax.block_until_ready(packed)
     step_seconds = (time.perf_counter() - start) / (config.bench.steps * config.train.steps_per_dispatch)
+    launch_seconds = []
+    for _ in range(5):  # Host time to launch one call onto idle devices.
+        launch_start = time.perf_counter()
+        packed, _ = train_step(packed, batches)
+        launch_seconds.append(time.perf_counter() - launch_start)
+        jax.block_until_ready(packed)
     results = {"train_compile_seconds": compile_seconds, "train_step_ms": 1e3 * step_seconds,
-               "train_examples_per_second": batch_size / step_seconds}
-    return results, state.params
+               "train_examples_per_second": batch_size / step_seconds,
+               "train_launch_ms": 1e3 * float(np.median(launch_seconds)),
+               "train_state_arrays": len(jax.tree.leaves(packed))}
+    return results, packing.unpacked(packed).params
 
 
 def bench_sampling(experiment: setup.Experiment, mesh, params) -> dict:

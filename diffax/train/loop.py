@@ -5,9 +5,10 @@
     WORKDIR/tensorboard/    TensorBoard event file(s)
     WORKDIR/samples/        step_<step, 7 digits>.png sample grids from the EMA parameters
 
-A SIGTERM (preemption) makes the run save a checkpoint after the step in flight and return normally (exit 0).
-A non-finite loss stops the run with an error naming the step, before any checkpoint of the diverged state is
-written. Metrics stay on device between log steps, so the host does not wait for every step.
+Between jitted calls the train state is held packed (`packing`: few arrays to launch) and unpacked only to
+checkpoint or sample. A SIGTERM (preemption) makes the run save a checkpoint after the step in flight and return
+normally (exit 0). A non-finite loss stops the run with an error naming the step, before any checkpoint of the
+diverged state is written. Metrics stay on device between log steps, so the host does not wait for every step.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from diffax.evaluation import generate, grid
 from diffax.train import metrics as metrics_lib
 from diffax.train import setup
 from diffax.train.optimizer import make_optimizer
-from diffax.train.state import TrainState, create_train_state, for_checkpoint, state_shardings, with_cast_params
+from diffax.train.state import (TrainState, create_train_state, for_checkpoint, state_packing, state_shardings,
+                                with_cast_params)
 from diffax.train.step import make_train_step
 
 
@@ -73,17 +75,17 @@ def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
 
 def restore_or_create(experiment: setup.Experiment, mesh: jax.sharding.Mesh, checkpointer: Checkpointer,
                       ) -> tuple[TrainState, TrainState, bytes | None]:
-    """(state, its shardings, data-iterator state or None): the newest checkpoint's, or a fresh state."""
+    """(state, its abstract state with shardings, data-iterator state or None): the newest checkpoint's, or a fresh
+    state."""
     config = experiment.config
     optimizer = make_optimizer(config.optim, config.train.num_steps)
-    abstract, shardings = state_shardings(experiment, optimizer, mesh, num_ema=len(config.train.ema_decays),
-                                          fsdp=config.mesh.fsdp > 1, min_fsdp_size=config.mesh.min_fsdp_size)
+    abstract, _ = state_shardings(experiment, optimizer, mesh, num_ema=len(config.train.ema_decays),
+                                  fsdp=config.mesh.fsdp > 1, min_fsdp_size=config.mesh.min_fsdp_size)
     if checkpointer.latest_step() is not None:
         logging.info("resuming from %s at step %d", checkpointer.directory, checkpointer.latest_step())
         state, data_state = checkpointer.restore(for_checkpoint(abstract))
-        return with_cast_params(state, abstract), shardings, data_state
-    state = create_train_state(experiment, optimizer, abstract, config.seed)
-    return state, shardings, None
+        return with_cast_params(state, abstract), abstract, data_state
+    return create_train_state(experiment, optimizer, abstract, config.seed), abstract, None
 
 
 def sampling_params(state: TrainState, ema_index: int) -> Any:
@@ -132,13 +134,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     mesh = build_mesh(config)
     parallel.check_batch_size(train_config.batch_size, mesh.devices.size, train_config.grad_accum_steps)
     checkpointer = Checkpointer(workdir, max_to_keep=train_config.keep_checkpoints)
-    state, shardings, data_state = restore_or_create(experiment, mesh, checkpointer)
+    state, abstract, data_state = restore_or_create(experiment, mesh, checkpointer)
     step = int(jax.device_get(state.step))
+    packing = state_packing(abstract, train_config.pack_max_elements)
+    packed = packing.packed(state)  # What the step takes and returns; unpacked to save or sample.
+    del state
     iterator = setup.make_iterator(config, split=config.data.split, global_batch_size=train_config.batch_size,
                                    seed=config.seed)
     if data_state is not None:
         iterator.set_state(data_state)
-    train_step = make_train_step(experiment, make_optimizer(config.optim, train_config.num_steps), mesh, shardings)
+    train_step = make_train_step(experiment, make_optimizer(config.optim, train_config.num_steps), mesh, packing)
     batch_sharding = parallel.batch_sharding(mesh, leading_axes=1)
     per_dispatch = train_config.steps_per_dispatch
     writer = metrics_lib.MetricWriter(workdir)
@@ -153,7 +158,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             local = [next(iterator) for _ in range(per_dispatch)]
             batches = parallel.global_batch({key: np.stack([b[key] for b in local]) for key in local[0]},
                                             batch_sharding, example_axis=1)
-            state, step_metrics = train_step(state, batches)
+            packed, step_metrics = train_step(packed, batches)
             pending.append((step, step_metrics))
             step += per_dispatch
             window_examples += per_dispatch * train_config.batch_size
@@ -164,21 +169,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 _flush(pending, writer, progress, window_start, window_examples)
                 window_start, window_examples = time.time(), 0
             if save:
-                checkpointer.save(step, for_checkpoint(state), iterator.get_state(), config)
+                checkpointer.save(step, for_checkpoint(packing.unpacked(packed)), iterator.get_state(), config)
             if preempted:
                 logging.warning("preempted: saved step %d, exiting", step)
                 break
             if train_config.sample_every and step % train_config.sample_every == 0 and not done:
-                write_samples(experiment, state, mesh, workdir, step)
+                write_samples(experiment, packing.unpacked(packed), mesh, workdir, step)
         else:
-            logging.info("wrote %s", write_samples(experiment, state, mesh, workdir, step))
+            logging.info("wrote %s", write_samples(experiment, packing.unpacked(packed), mesh, workdir, step))
     finally:
         checkpointer.wait()
         checkpointer.close()
         progress.close()
         writer.close()
         preemption.close()
-    return state
+    return packing.unpacked(packed)
 
 
 def load_checkpoint(config: ml_collections.ConfigDict, workdir: str

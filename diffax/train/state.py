@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from diffax import parallel
 from diffax.train import param_casts
+from diffax.train.packing import Packing
 from diffax.train.setup import Experiment
 
 
@@ -78,6 +79,15 @@ def state_shardings(experiment: Experiment, optimizer: optax.GradientTransformat
     abstract = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
                             abstract, shardings)
     return abstract, shardings
+
+
+def state_packing(abstract: TrainState, max_elements: int) -> Packing:
+    """The packing of `abstract`'s small replicated leaves (`packing`), the cast copy excepted: the copy exists so
+    that each bf16 bias enters the step as a parameter of its own, the form in which XLA put it in cuBLASLt's
+    epilogue (benchmarks/NOTES v5); a slice of a packed buffer has not been measured to keep it there."""
+    packable = jax.tree.map(lambda _: True, abstract).replace(
+        cast_params=jax.tree.map(lambda _: False, abstract.cast_params))
+    return Packing.of(abstract, max_elements, packable)
 
 
 def create_train_state(experiment: Experiment, optimizer: optax.GradientTransformation, abstract: TrainState,

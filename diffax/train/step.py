@@ -1,5 +1,5 @@
 """The jitted train step: loss, gradients (optionally accumulated over micro-batches), AdamW, EMA; several
-optimizer steps per dispatch with `lax.scan`.
+optimizer steps per dispatch with `lax.scan`; the state crosses the launch packed (`packing`).
 
     batches (n, B, *example) --scan over n--> one optimizer step each:
         key_s = fold_in(base_key, s)
@@ -26,6 +26,7 @@ from diffax import objectives, parallel
 from diffax.nets import drop_labels
 from diffax.train import param_casts
 from diffax.train.optimizer import clip_by_global_norm, learning_rate_schedule
+from diffax.train.packing import Packed, Packing
 from diffax.train.setup import Experiment
 from diffax.train.state import TrainState, update_ema
 
@@ -67,8 +68,9 @@ def _microbatches(batch: Batch, count: int, mesh: Mesh) -> Batch:
 
 
 def make_train_step(experiment: Experiment, optimizer: optax.GradientTransformation, mesh: Mesh,
-                    shardings: TrainState) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """train_step(state, batches) -> (state, metrics), jitted with the state donated.
+                    packing: Packing) -> Callable[[Packed, Batch], tuple[Packed, Metrics]]:
+    """train_step(packed, batches) -> (packed, metrics), jitted with the state donated; `packed` is the train state
+    in `packing`'s packed form (`state_packing`), which the step unpacks on entry and packs on exit.
 
     batches: {"image": (n, B, *example), "label": (n, B)} with n = train.steps_per_dispatch, split over devices on
     the B axis. metrics: {"loss", "eps_mse", "x0_mse", "grad_norm", "learning_rate"} each of shape (n,).
@@ -112,12 +114,16 @@ def make_train_step(experiment: Experiment, optimizer: optax.GradientTransformat
                               ema_params=update_ema(state.ema_params, params, decays))
         return state, metrics
 
-    def train_step(state: TrainState, batches: Batch) -> tuple[TrainState, Metrics]:
+    def steps(state: TrainState, batches: Batch) -> tuple[TrainState, Metrics]:
         if train_config.steps_per_dispatch == 1:  # XLA:CPU runs loop bodies markedly slower: no scan needed.
             state, metrics = one_step(state, jax.tree.map(lambda x: x[0], batches))
             return state, jax.tree.map(lambda x: x[None], metrics)
         return jax.lax.scan(one_step, state, batches)
 
-    return jax.jit(train_step, in_shardings=(shardings, parallel.batch_sharding(mesh, leading_axes=1)),
-                   out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+    def train_step(packed: Packed, batches: Batch) -> tuple[Packed, Metrics]:
+        state, metrics = steps(packing.unpack(packed), batches)
+        return packing.pack(state), metrics
+
+    return jax.jit(train_step, in_shardings=(packing.shardings, parallel.batch_sharding(mesh, leading_axes=1)),
+                   out_shardings=(packing.shardings, parallel.replicated(mesh)), donate_argnums=0)
 

@@ -61,7 +61,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     train = config.train
     _positive(config, "train.batch_size", "train.num_steps", "train.grad_accum_steps", "train.steps_per_dispatch",
               "train.log_every", "train.checkpoint_every", "train.keep_checkpoints")
-    _positive(config, "train.sample_every", allow_zero=True)
+    _positive(config, "train.sample_every", "train.pack_max_elements", allow_zero=True)
     _require(train.batch_size % train.grad_accum_steps == 0, "train.batch_size", train.batch_size,
              f"a multiple of train.grad_accum_steps = {train.grad_accum_steps}")
     for key in ("train.num_steps", "train.log_every", "train.checkpoint_every", "train.sample_every"):

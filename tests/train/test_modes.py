@@ -59,6 +59,7 @@ def test_bench_mode_through_launch(tfds_dir, tmp_path):
     results = json.load(open(tmp_path / "bench.json"))
     assert results["example_shape"] == [8, 8, 2] and results["compute_dtype"] == "bfloat16"
     assert results["train_examples_per_second"] > 0 and results["sampler_step_ms"] > 0
+    assert results["train_launch_ms"] > 0 and results["train_state_arrays"] > 0
     assert results["denoiser_examples_per_second"] > 0 and results["sampler_step_over_denoiser"] > 0
     assert results["forward_gflops_per_example"] > 0 and results["mfu"] is None  # No peak FLOP/s known for CPUs.
     assert 0 < results["loss_relative_error"] < 1e-2 and 0 < results["output_relative_error"] < 3e-2  # bf16.

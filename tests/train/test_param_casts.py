@@ -6,14 +6,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from train_helpers import assert_trees_equal, tiny_digits
+from train_helpers import assert_trees_equal, tiny_digits, train_on_random_batches
 
-from diffax import parallel
 from diffax.train import param_casts, setup
-from diffax.train.loop import build_mesh
-from diffax.train.optimizer import make_optimizer
-from diffax.train.state import create_train_state, for_checkpoint, state_shardings, with_cast_params
-from diffax.train.step import make_train_step
+from diffax.train.state import for_checkpoint, with_cast_params
 
 
 def test_cast_dtypes_follows_uses_into_jit_remat_and_scan():
@@ -38,26 +34,9 @@ def _experiment(compute_dtype: str, cast: bool, **overrides):
     return setup.build_experiment(config)
 
 
-def _train(experiment, steps: int):
-    """(state after `steps` optimizer steps on fixed random batches, abstract state)."""
-    config = experiment.config
-    mesh = build_mesh(config)
-    optimizer = make_optimizer(config.optim, config.train.num_steps)
-    abstract, shardings = state_shardings(experiment, optimizer, mesh, num_ema=1, fsdp=False, min_fsdp_size=0)
-    state = create_train_state(experiment, optimizer, abstract, config.seed)
-    train_step = make_train_step(experiment, optimizer, mesh, shardings)
-    rng = np.random.default_rng(0)
-    for _ in range(steps):
-        batch = {"image": rng.standard_normal((1, 8, *experiment.example_shape), np.float32),
-                 "label": rng.integers(0, experiment.num_classes or 1, (1, 8)).astype(np.int32)}
-        state, _ = train_step(state, parallel.global_batch(batch, parallel.batch_sharding(mesh, leading_axes=1),
-                                                           example_axis=1))
-    return state, abstract
-
-
 def test_dit_copies_its_bf16_products_and_keeps_float32_conditioning(tfds_dir):
     experiment = _experiment("bfloat16", True)
-    state, _ = _train(experiment, 0)
+    state, _ = train_on_random_batches(experiment, 0)
     copied = set(state.cast_params)
     assert "['block0']['mlp_in']['kernel']" in copied and "['block1']['Attention_0']['out']['bias']" in copied
     assert not any("modulation" in path or "embedding" in path for path in copied)  # Computed in float32.
@@ -65,14 +44,14 @@ def test_dit_copies_its_bf16_products_and_keeps_float32_conditioning(tfds_dir):
         if jax.tree_util.keystr(path) in copied:
             np.testing.assert_array_equal(state.cast_params[jax.tree_util.keystr(path)],
                                           np.asarray(leaf).astype(jnp.bfloat16))
-    assert _train(_experiment("float32", True), 0)[0].cast_params == {}
+    assert train_on_random_batches(_experiment("float32", True), 0)[0].cast_params == {}
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_training_with_the_cast_copy_is_bitwise_training_without(tfds_dir, accumulate):
     overrides = {"train.grad_accum_steps": accumulate}
-    with_copy, abstract = _train(_experiment("bfloat16", True, **overrides), 3)
-    without, _ = _train(_experiment("bfloat16", False, **overrides), 3)
+    with_copy, abstract = train_on_random_batches(_experiment("bfloat16", True, **overrides), 3)
+    without, _ = train_on_random_batches(_experiment("bfloat16", False, **overrides), 3)
     assert without.cast_params == {} and len(with_copy.cast_params) > 0
     assert_trees_equal(jax.device_get(with_copy.params), jax.device_get(without.params))
     assert_trees_equal(jax.device_get(with_copy.opt_state), jax.device_get(without.opt_state))

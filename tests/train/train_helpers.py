@@ -59,6 +59,33 @@ def tiny_digits(**overrides):
     return config
 
 
+def train_on_random_batches(experiment, steps: int):
+    """(train state after `steps` jitted train-step calls on fixed random batches, abstract state), through the
+    packed state as training runs it."""
+    from diffax import parallel
+    from diffax.train.loop import build_mesh
+    from diffax.train.optimizer import make_optimizer
+    from diffax.train.state import create_train_state, state_packing, state_shardings
+    from diffax.train.step import make_train_step
+
+    config = experiment.config
+    mesh = build_mesh(config)
+    optimizer = make_optimizer(config.optim, config.train.num_steps)
+    abstract, _ = state_shardings(experiment, optimizer, mesh, num_ema=len(config.train.ema_decays), fsdp=False,
+                                  min_fsdp_size=0)
+    packing = state_packing(abstract, config.train.pack_max_elements)
+    packed = packing.packed(create_train_state(experiment, optimizer, abstract, config.seed))
+    train_step = make_train_step(experiment, optimizer, mesh, packing)
+    rng = np.random.default_rng(0)
+    per_call, batch_size = config.train.steps_per_dispatch, config.train.batch_size
+    for _ in range(steps):
+        batch = {"image": rng.standard_normal((per_call, batch_size, *experiment.example_shape), np.float32),
+                 "label": rng.integers(0, experiment.num_classes or 1, (per_call, batch_size)).astype(np.int32)}
+        packed, _ = train_step(packed, parallel.global_batch(batch, parallel.batch_sharding(mesh, leading_axes=1),
+                                                             example_axis=1))
+    return packing.unpacked(packed), abstract
+
+
 def assert_trees_equal(first, second, rtol: float = 0.0, atol: float = 0.0) -> None:
     """Every leaf bitwise equal, or (with a tolerance) all within it and 99% within 1e-6 + 1e-5 |b|: Adam's
     normalized updates amplify the odd float-rounding difference, while a real error (a wrong batch, layout or
