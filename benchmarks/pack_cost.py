@@ -25,7 +25,7 @@ from configs import cifar10_ddpm
 from diffax.train.bench import bench_experiment
 from diffax.train.loop import build_mesh
 from diffax.train.optimizer import make_optimizer
-from diffax.train.state import create_train_state, state_packing, state_shardings
+from diffax.train.state import abstract_state, create_train_state, state_packing
 
 
 def update(tree):
@@ -73,7 +73,7 @@ def main():
     experiment = bench_experiment(config)
     mesh = build_mesh(config)
     optimizer = make_optimizer(config.optim, config.train.num_steps)
-    abstract, _ = state_shardings(experiment, optimizer, mesh, num_ema=1, fsdp=False, min_fsdp_size=0)
+    abstract = abstract_state(experiment, optimizer, mesh, num_ema=1, fsdp=False, min_fsdp_size=0)
     max_elements = config.train.pack_max_elements if args.max_elements is None else args.max_elements
     packing = state_packing(abstract, max_elements)
     state = create_train_state(experiment, optimizer, abstract, config.seed)

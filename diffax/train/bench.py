@@ -37,7 +37,7 @@ from diffax.nets import forward_flops_per_example
 from diffax.train import setup
 from diffax.train.loop import build_mesh
 from diffax.train.optimizer import make_optimizer
-from diffax.train.state import create_train_state, state_packing, state_shardings
+from diffax.train.state import abstract_state, create_train_state, state_packing
 from diffax.train.step import make_loss_fn, make_train_step
 
 # Dense bf16 peak FLOP/s per device, by substring of `device.device_kind` (vendor data sheets).
@@ -108,8 +108,8 @@ def prepare_train(experiment: setup.Experiment, mesh, batch_size: int):
     config = experiment.config
     optimizer = make_optimizer(config.optim, config.train.num_steps)
     num_ema = len(config.train.ema_decays)
-    abstract, _ = state_shardings(experiment, optimizer, mesh, num_ema=num_ema, fsdp=config.mesh.fsdp > 1,
-                                  min_fsdp_size=config.mesh.min_fsdp_size)
+    abstract = abstract_state(experiment, optimizer, mesh, num_ema=num_ema, fsdp=config.mesh.fsdp > 1,
+                              min_fsdp_size=config.mesh.min_fsdp_size)
     packing = state_packing(abstract, config.train.pack_max_elements)
     packed = packing.packed(create_train_state(experiment, optimizer, abstract, config.seed))
     batches = _synthetic_batches(experiment, batch_size, config.train.steps_per_dispatch, mesh)

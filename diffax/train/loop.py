@@ -30,7 +30,7 @@ from diffax.evaluation import generate, grid
 from diffax.train import metrics as metrics_lib
 from diffax.train import setup
 from diffax.train.optimizer import make_optimizer
-from diffax.train.state import (TrainState, create_train_state, for_checkpoint, state_packing, state_shardings,
+from diffax.train.state import (TrainState, abstract_state, create_train_state, for_checkpoint, state_packing,
                                 with_cast_params)
 from diffax.train.step import make_train_step
 
@@ -79,8 +79,8 @@ def restore_or_create(experiment: setup.Experiment, mesh: jax.sharding.Mesh, che
     state."""
     config = experiment.config
     optimizer = make_optimizer(config.optim, config.train.num_steps)
-    abstract, _ = state_shardings(experiment, optimizer, mesh, num_ema=len(config.train.ema_decays),
-                                  fsdp=config.mesh.fsdp > 1, min_fsdp_size=config.mesh.min_fsdp_size)
+    abstract = abstract_state(experiment, optimizer, mesh, num_ema=len(config.train.ema_decays),
+                              fsdp=config.mesh.fsdp > 1, min_fsdp_size=config.mesh.min_fsdp_size)
     if checkpointer.latest_step() is not None:
         logging.info("resuming from %s at step %d", checkpointer.directory, checkpointer.latest_step())
         state, data_state = checkpointer.restore(for_checkpoint(abstract))

@@ -10,7 +10,8 @@ scales of a few hundred numbers; on two GPUs launching a step over them took lon
     buffers[g] = concat(ravel(leaf) for each packed leaf of dtype g, in tree order)     (n_g,)
     rest       = the other leaves, as they are
 
-A leaf is packed when it is fully replicated, holds at most `max_elements` numbers and `packable` says so. Large
+A leaf is packed when it is fully replicated, holds 1 to `max_elements` numbers of a numeric dtype (not a typed
+PRNG key) and `packable` says so. Large
 leaves stay whole: they cost a launch the same as small ones but packing would copy their bytes. Inside the jitted
 step `unpack` (static slices, which XLA fuses into their consumers) and `pack` (one concatenation per dtype) are
 nearly free; outside it, `packed` / `unpacked` convert whole states and pass the unpacked leaves through uncopied.
@@ -37,12 +38,14 @@ class Packing:
 
     Attributes:
       treedef: the tree's structure.
+      dtypes: per buffer, its dtype.
       groups: per buffer, the (leaf index, shape) of the leaves it holds, in order.
       rest: indices of the leaves left whole.
       shardings: the packed form's shardings, (buffers replicated, rest as the leaves').
     """
 
     treedef: Any
+    dtypes: tuple[np.dtype, ...]
     groups: tuple[tuple[tuple[int, tuple[int, ...]], ...], ...]
     rest: tuple[int, ...]
     shardings: tuple[tuple[NamedSharding, ...], tuple[Any, ...]]
@@ -58,8 +61,9 @@ class Packing:
         rest = []
         for index, (leaf, allow) in enumerate(zip(leaves, allowed, strict=True)):
             sharding = leaf.sharding
-            if (allow and math.prod(leaf.shape) <= max_elements and isinstance(sharding, NamedSharding)
-                    and sharding.is_fully_replicated):
+            if (allow and 0 < math.prod(leaf.shape) <= max_elements
+                    and not jnp.issubdtype(leaf.dtype, jax.dtypes.extended)
+                    and isinstance(sharding, NamedSharding) and sharding.is_fully_replicated):
                 by_dtype.setdefault(np.dtype(leaf.dtype), []).append((index, tuple(leaf.shape)))
                 meshes.setdefault(np.dtype(leaf.dtype), sharding.mesh)
             else:
@@ -67,7 +71,7 @@ class Packing:
         groups = tuple(tuple(members) for members in by_dtype.values())
         shardings = (tuple(NamedSharding(mesh, PartitionSpec()) for mesh in meshes.values()),
                      tuple(leaves[index].sharding for index in rest))
-        return cls(treedef, groups, tuple(rest), shardings)
+        return cls(treedef, tuple(by_dtype), groups, tuple(rest), shardings)
 
     @property
     def num_arrays(self) -> int:
@@ -120,9 +124,20 @@ class Packing:
         return self.treedef.unflatten(leaves)
 
     def _concatenate(self, packed_leaves) -> tuple[jax.Array, ...]:
-        """Packed leaves (in `_packed_indices` order) -> one buffer per group."""
+        """Packed leaves (in `_packed_indices` order) -> one buffer per group; a leaf whose shape or dtype is not
+        the packing's (which would silently promote its whole buffer) is an error."""
         leaves = iter(packed_leaves)
-        return tuple(jnp.concatenate([jnp.ravel(next(leaves)) for _ in members]) for members in self.groups)
+        buffers = []
+        for dtype, members in zip(self.dtypes, self.groups, strict=True):
+            parts = []
+            for index, shape in members:
+                leaf = next(leaves)
+                if tuple(leaf.shape) != shape or leaf.dtype != dtype:
+                    raise ValueError(f"leaf {index} to pack is {leaf.dtype}{list(leaf.shape)}: expected "
+                                     f"{dtype}{list(shape)}, as in the abstract tree the packing was made for")
+                parts.append(jnp.ravel(leaf))
+            buffers.append(jnp.concatenate(parts))
+        return tuple(buffers)
 
     def _split(self, buffers) -> tuple[jax.Array, ...]:
         """One buffer per group -> the packed leaves, in `_packed_indices` order."""

@@ -70,15 +70,14 @@ def _init_fn(experiment: Experiment, optimizer: optax.GradientTransformation, nu
     return init
 
 
-def state_shardings(experiment: Experiment, optimizer: optax.GradientTransformation, mesh: Mesh, *,
-                    num_ema: int, fsdp: bool, min_fsdp_size: int) -> tuple[TrainState, TrainState]:
-    """(abstract state of ShapeDtypeStructs carrying their shardings, the tree of NamedShardings)."""
+def abstract_state(experiment: Experiment, optimizer: optax.GradientTransformation, mesh: Mesh, *,
+                   num_ema: int, fsdp: bool, min_fsdp_size: int) -> TrainState:
+    """The train state as ShapeDtypeStructs carrying their NamedShardings (`parallel.tree_shardings`)."""
     init = _init_fn(experiment, optimizer, num_ema, network_cast_dtypes(experiment))
     abstract = jax.eval_shape(init, jnp.zeros((), jnp.uint32))
     shardings = parallel.tree_shardings(abstract, mesh, fsdp=fsdp, min_fsdp_size=min_fsdp_size)
-    abstract = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-                            abstract, shardings)
-    return abstract, shardings
+    return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                        abstract, shardings)
 
 
 def state_packing(abstract: TrainState, max_elements: int) -> Packing:

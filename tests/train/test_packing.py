@@ -7,6 +7,7 @@ import pytest
 from train_helpers import assert_trees_equal, run_python, tiny_digits, train_on_random_batches
 
 from diffax.train import setup
+from diffax.train.state import state_packing
 
 ROUND_TRIP_SCRIPT = r"""
 import jax, jax.numpy as jnp, numpy as np
@@ -40,6 +41,11 @@ for name, leaf in tree.items():
 traced = jax.jit(lambda t: packing.unpack(packing.pack(t)))(tree)
 jax.tree.map(np.testing.assert_array_equal, jax.device_get(traced), jax.device_get(tree))
 assert Packing.of(abstract, 0).num_arrays == len(tree)
+try:  # A leaf of another dtype would promote its whole buffer: an error naming it.
+    jax.jit(packing.pack)(dict(tree, bias=tree["bias"].astype(jnp.bfloat16)))
+    raise SystemExit("no error for a bfloat16 leaf packed as float32")
+except ValueError as error:
+    assert "bfloat16[3]: expected float32[3]" in str(error), error
 print("OK")
 """
 
@@ -54,8 +60,9 @@ def test_training_through_the_packed_state_is_bitwise_training_unpacked(tfds_dir
         config = tiny_digits(**{"model.name": "dit_tiny", "model.kwargs": ml_collections.ConfigDict(),
                                 "model.compute_dtype": "bfloat16", "train.batch_size": 8,
                                 "train.pack_max_elements": max_elements, **overrides})
-        return train_on_random_batches(setup.build_experiment(config), 2)[0]
+        return train_on_random_batches(setup.build_experiment(config), 2)
 
-    packed, unpacked = run(65536), run(0)
+    (packed, abstract), (unpacked, _) = run(65536), run(0)
+    assert state_packing(abstract, 65536).num_arrays < len(jax.tree.leaves(abstract)) // 2  # Packing happened.
     assert_trees_equal(jax.device_get(packed), jax.device_get(unpacked))
     assert int(packed.step) == 2 * (overrides.get("train.steps_per_dispatch", 1))

@@ -65,14 +65,14 @@ def train_on_random_batches(experiment, steps: int):
     from diffax import parallel
     from diffax.train.loop import build_mesh
     from diffax.train.optimizer import make_optimizer
-    from diffax.train.state import create_train_state, state_packing, state_shardings
+    from diffax.train.state import abstract_state, create_train_state, state_packing
     from diffax.train.step import make_train_step
 
     config = experiment.config
     mesh = build_mesh(config)
     optimizer = make_optimizer(config.optim, config.train.num_steps)
-    abstract, _ = state_shardings(experiment, optimizer, mesh, num_ema=len(config.train.ema_decays), fsdp=False,
-                                  min_fsdp_size=0)
+    abstract = abstract_state(experiment, optimizer, mesh, num_ema=len(config.train.ema_decays), fsdp=False,
+                              min_fsdp_size=0)
     packing = state_packing(abstract, config.train.pack_max_elements)
     packed = packing.packed(create_train_state(experiment, optimizer, abstract, config.seed))
     train_step = make_train_step(experiment, optimizer, mesh, packing)
