@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from diffax.sampling.common import Solver, StepContext, denoise, eps_from_x0
+from diffax.sampling.common import Solver, StepContext, denoise, eps_from_x0, gaussian_like
 
 
 def _posterior_terms(ctx: StepContext, x, t, t_next):
@@ -32,7 +32,7 @@ def ddim_step(ctx: StepContext, x, state, t, t_next, *, eta: float = 0.0):
     noise_var = eta**2 * posterior_var
     x_next = alpha_s * x0_hat + jnp.sqrt(jnp.maximum(sigma_s**2 - noise_var, 0.0)) * eps_hat
     if eta:
-        x_next = x_next + jnp.sqrt(noise_var) * jax.random.normal(ctx.key, x.shape, x.dtype)
+        x_next = x_next + jnp.sqrt(noise_var) * gaussian_like(ctx.key, x)
     return x_next, state
 
 
@@ -48,7 +48,7 @@ def ddpm_step(ctx: StepContext, x, state, t, t_next, *, variance: str = "posteri
         var = jnp.where(sigma_s > 0, sigma_t**2 - (alpha_t / alpha_s) ** 2 * sigma_s**2, 0.0)
     else:
         raise ValueError(f"unknown DDPM variance {variance!r}; expected 'posterior' or 'large'")
-    return mean + jnp.sqrt(var) * jax.random.normal(ctx.key, x.shape, x.dtype), state
+    return mean + jnp.sqrt(var) * gaussian_like(ctx.key, x), state
 
 
 SOLVERS = {

@@ -1,8 +1,12 @@
-"""What every solver step shares: the step context, the denoiser call and the noise-prediction identity.
+"""What every solver step shares: the step context, the denoiser call, the noise-prediction identity and the noise.
 
 A solver is a pair (init, step): `init(x) -> state` and
 `step(ctx, x, state, t, t_next, **options) -> (x_next, state)` with scalar times t > t_next. State carries what
 multistep solvers remember between steps (earlier denoiser outputs), as a fixed-shape pytree for `lax.scan`.
+
+Randomness. `ctx.key` is either one typed PRNG key for the whole batch or a (B,) batch of typed keys, one per example.
+Every random draw of a solver goes through `gaussian_like` (and `split_key` where a step needs several draws): with
+per-example keys, example i's draws come from key i alone, so a sample does not depend on the batch it is drawn in.
 """
 
 from __future__ import annotations
@@ -19,13 +23,50 @@ X0Fn = Callable[[Array, Array], Array]
 
 
 class StepContext(NamedTuple):
-    """x0_fn(x_t (B, ...), t (B,)) -> x0_hat; index of this step in [0, num_steps); key for this step alone."""
+    """x0_fn(x_t (B, ...), t (B,)) -> x0_hat; index of this step in [0, num_steps); key for this step alone:
+    a typed key of shape () for the whole batch, or (B,) typed keys, one per example."""
 
     x0_fn: X0Fn
     schedule: Schedule
     index: Array
     num_steps: int
     key: Array
+
+
+def as_typed_keys(key: Array, batch: int) -> Array:
+    """Normalizes a PRNG key argument: one key (typed, shape (); or raw uint32, shape (2,)) or per-example keys
+    (typed, shape (B,); or raw uint32, shape (B, 2)). Returns typed keys of shape () or (B,)."""
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.dtype != jnp.uint32 or key.ndim not in (1, 2):
+            raise ValueError(f"key must be a PRNG key, (B,) keys, or raw uint32 of shape (2,) or (B, 2); "
+                             f"got dtype {key.dtype} and shape {key.shape}")
+        key = jax.random.wrap_key_data(key)
+    if key.ndim > 1 or (key.ndim == 1 and key.shape[0] != batch):
+        raise ValueError(f"per-example keys of shape {key.shape} do not match the batch of {batch} examples; "
+                         f"expected one key or shape ({batch},)")
+    return key
+
+
+def fold_in(key: Array, data: Array | int) -> Array:
+    """jax.random.fold_in on one key or on each of a (B,) batch of keys."""
+    if key.ndim == 0:
+        return jax.random.fold_in(key, data)
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(key, data)
+
+
+def split_key(key: Array, num: int = 2) -> Array:
+    """(num, *key.shape) keys: jax.random.split of one key, or of each of a (B,) batch of keys."""
+    if key.ndim == 0:
+        return jax.random.split(key, num)
+    return jnp.swapaxes(jax.vmap(lambda k: jax.random.split(k, num))(key), 0, 1)
+
+
+def gaussian_like(key: Array, x: Array) -> Array:
+    """Standard normal draws of x's shape and dtype; with (B,) keys, row i is drawn from key i only."""
+    if key.ndim == 0:
+        return jax.random.normal(key, x.shape, x.dtype)
+    return jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(key)
 
 
 def denoise(ctx: StepContext, x: Array, t: Array) -> Array:

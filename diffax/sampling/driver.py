@@ -4,7 +4,8 @@
 
 The grid is an array argument, so a jitted sampler compiles once per (data shape, number of steps, solver, options)
 and reuses the executable for any grid values. Randomness is `fold_in(key, i)` at step i: the same key gives the
-same samples, whatever the batch size of other calls or the device layout.
+same samples. With per-example keys (B,) it is `fold_in(key_b, i)` for example b, and every draw of example b comes
+from key b alone (`common.gaussian_like`): sample b is the same whatever batch or device layout it is drawn in.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from diffax.sampling import ancestral, dpm_solver, ode, sde
-from diffax.sampling.common import Solver, StepContext, X0Fn
+from diffax.sampling.common import Solver, StepContext, X0Fn, as_typed_keys, fold_in
 from diffax.schedules import Schedule
 
 Array = jax.Array
@@ -41,7 +42,9 @@ def sample(x0_fn: X0Fn, schedule: Schedule, noise: Array, grid: Array, method: s
       noise: (B, *data) standard normal draws; the start is sigma(grid[0]) * noise.
       grid: (N + 1,) decreasing times from `schedules.time_grid`.
       method: a key of SOLVERS; options are passed to its step (eta, churn, order, snr, ...).
-      key: PRNG key, required by stochastic solvers.
+      key: required by stochastic solvers: one PRNG key for the batch (typed `jax.random.key`, or raw uint32 (2,)),
+        or per-example keys (B,) typed / (B, 2) raw uint32, so that example b's randomness depends on key b only
+        (the Langevin corrector of "pc" then uses its batch-independent step size).
       denoise_final: finish with x0_fn(x, grid[-1]) when sigma(grid[-1]) > 0 (VE/EDM grids end above zero noise).
       return_trajectory: also return the (N + 1, B, *data) states x_0, ..., x_N (before the final denoise).
     Returns:
@@ -52,6 +55,7 @@ def sample(x0_fn: X0Fn, schedule: Schedule, noise: Array, grid: Array, method: s
         if solver.is_stochastic(options):
             raise ValueError(f"sampling method {method!r} with options {options} is stochastic: pass a PRNG key")
         key = jax.random.key(0)
+    key = as_typed_keys(key, noise.shape[0])
     grid = jnp.asarray(grid, jnp.float32)
     if grid.ndim != 1 or grid.shape[0] < 2:
         raise ValueError(f"grid must be a 1-D array of at least 2 times, got shape {grid.shape}")
@@ -62,7 +66,7 @@ def sample(x0_fn: X0Fn, schedule: Schedule, noise: Array, grid: Array, method: s
     def body(carry, inputs):
         x, state = carry
         index, t, t_next = inputs
-        ctx = StepContext(x0_fn, schedule, index, num_steps, jax.random.fold_in(key, index))
+        ctx = StepContext(x0_fn, schedule, index, num_steps, fold_in(key, index))
         x_next, state = step(ctx, x, state, t, t_next)
         return (x_next, state), (x_next if return_trajectory else None)
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from diffax.objectives import probability_flow_velocity
-from diffax.sampling.common import Solver, StepContext, denoise
+from diffax.sampling.common import Solver, StepContext, denoise, gaussian_like
 
 
 def ode_velocity(ctx: StepContext, x, t):
@@ -37,7 +37,7 @@ def _churn(ctx: StepContext, x, t, churn: float, churn_min: float, churn_max: fl
     sigma_tilde_hat = (1.0 + gamma) * sigma_tilde
     t_hat = jnp.where(gamma > 0, ctx.schedule.t_from_log_snr(-2.0 * jnp.log(sigma_tilde_hat)), t)
     alpha_hat = ctx.schedule.alpha(t_hat)
-    noise = jax.random.normal(ctx.key, x.shape, x.dtype)
+    noise = gaussian_like(ctx.key, x)
     extra = alpha_hat * sigma_tilde * jnp.sqrt(gamma * (2.0 + gamma)) * churn_noise  # sqrt(s_hat^2 - s^2)
     # The where keeps sigma~ = inf (alpha = 0, outside any churn range) from turning 0 * inf into NaN.
     return jnp.where(gamma > 0, (alpha_hat / alpha) * x + extra * noise, x), t_hat
