@@ -27,7 +27,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "unet_tiny"   # A key of diffax.nets.NETWORKS.
-    model.kwargs = ml_collections.ConfigDict()  # Overrides of the network's attributes, e.g. channels=64.
+    model.kwargs = ml_collections.ConfigDict()  # Network attributes, e.g. --config.model.kwargs.channels=64.
     model.compute_dtype = "float32"  # 'bfloat16' computes activations in bf16; parameters stay float32.
     model.class_conditional = False  # Pass labels (num_classes from the data set); classifier-free guidance.
     model.label_dropout = 0.1  # Probability a label is replaced by the null class in training.
@@ -61,13 +61,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     train.num_steps = 1000
     train.grad_accum_steps = 1  # Micro-batches per optimizer step (batch_size must split evenly).
     train.steps_per_dispatch = 1  # Optimizer steps per jitted call (lax.scan); log/checkpoint intervals align.
-    # Keep a copy of the parameters in their compute dtypes (bf16), written by each update: same loss and gradients,
-    # faster GPU matrix products (bias epilogues); costs 2 bytes per bf16-computed parameter (diffax/train/param_casts)
-    # and one more array per such parameter for each jitted call to launch (the copy is never packed, see below).
-    train.cast_params_once = True
-    # State leaves of at most this many numbers cross each jitted call packed in one buffer per dtype, so that the
-    # launch handles a few arrays instead of hundreds of biases and scales (diffax/train/packing); 0: none packed.
-    train.pack_max_elements = 65536
+    # Launch machinery (diffax/train/runner.py; off by default, figures in benchmarks/NOTES.md): state leaves of at
+    # most this many numbers cross each jitted call packed in one buffer per dtype (0: none packed).
+    train.pack_max_elements = 0
     train.ema_decays = (0.999,)  # One EMA of the parameters per decay; sampling uses ema_decays[sample.ema_index].
     train.log_every = 50
     train.checkpoint_every = 500
@@ -86,12 +82,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     sample.num_steps = 50
     sample.grid = "uniform"    # Time grid kind: uniform, quadratic, karras, log_snr, trailing.
     sample.t_end = 0.0
-    sample.options = ml_collections.ConfigDict()  # Solver options, e.g. eta=1.0 (ddim), churn=... (euler/heun).
+    sample.options = ml_collections.ConfigDict()  # Solver options, e.g. --config.sample.options.eta=1.0 (ddim).
     sample.num_samples = 64
     sample.batch_size = 64     # Samples per sampler call.
     sample.guidance_scale = 1.0  # Classifier-free guidance (class_conditional models): 1 = conditional only.
     sample.clip_denoised = False  # Clip every x0 prediction to the data range [-1, 1] (images; DDPM and ADM do).
     sample.ema_index = 0       # Which EMA to sample from; -1: the raw parameters.
+    sample.labels = ()         # Classes of the samples, cycled (class-conditional runs); (): 0, 1, 2, ...
+    sample.seed = 0            # --mode sample: sample i is drawn from fold_in(PRNGKey(seed), i).
+    sample.step = ml_collections.FieldReference(None, field_type=int)  # Checkpoint to sample / eval; None: newest.
 
     config.eval = evaluation = ml_collections.ConfigDict()
     evaluation.batch_size = 256

@@ -30,9 +30,7 @@ def get_config(variant: str = ""):
     config.optim.grad_clip_norm = 1.0
     config.train.batch_size = 128
     config.train.num_steps = 800_000
-    # 4 steps per jitted call: 1.91x on two GPUs at batch 128 per GPU (benchmarks/NOTES.md v7). Since the train
-    # state is packed (v7) one step per call is about as fast and takes 1.1 GiB less memory on one GPU.
-    config.train.steps_per_dispatch = 4
+    config.train.steps_per_dispatch = 4  # Short steps: the host launches one program per 4 (runner.py).
     config.train.ema_decays = (0.9999,)
     config.train.log_every = 500
     config.train.checkpoint_every = 10_000

@@ -70,6 +70,18 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
     return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
+def mesh_from_config(mesh_config) -> Mesh:
+    """The mesh of a config's `mesh` section: ('data', 'fsdp') sizes over its first `num_devices` devices (-1:
+    all; single-process runs only)."""
+    devices = jax.devices()
+    if mesh_config.num_devices != -1:
+        if jax.process_count() > 1:
+            raise ValueError(f"config.mesh.num_devices = {mesh_config.num_devices}: expected -1 (all devices) in a "
+                             f"run of {jax.process_count()} processes")
+        devices = devices[:mesh_config.num_devices]
+    return make_mesh(mesh_config.data, mesh_config.fsdp, devices)
+
+
 def batch_sharding(mesh: Mesh, leading_axes: int = 0) -> NamedSharding:
     """Splits axis `leading_axes` (the example axis, after e.g. a steps axis) over all devices."""
     return NamedSharding(mesh, PartitionSpec(*([None] * leading_axes), BATCH_AXES))

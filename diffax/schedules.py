@@ -358,6 +358,9 @@ def get_schedule(name: str, *, shift: float = 0.0, zero_terminal_snr: bool = Fal
     return schedule
 
 
+TIME_GRIDS = ("uniform", "quadratic", "karras", "log_snr", "trailing")
+
+
 def time_grid(schedule: Schedule, num_steps: int, kind: str = "uniform", *, t_start: float = 1.0,
               t_end: float = 0.0, rho: float = 7.0, num_train_steps: int = 1000,
               karras_sigma_range: tuple[float, float] = (0.002, 80.0)) -> Array:
@@ -395,7 +398,7 @@ def time_grid(schedule: Schedule, num_steps: int, kind: str = "uniform", *, t_st
     elif kind == "trailing":
         grid = jnp.round(num_train_steps * (t_start + (t_end - t_start) * fraction)) / num_train_steps
     else:
-        raise ValueError(f"unknown time grid kind {kind!r}; expected uniform, quadratic, karras, log_snr, trailing")
+        raise ValueError(f"unknown time grid kind {kind!r}; expected one of {TIME_GRIDS}")
     # Pin the ends exactly: the inverse log-SNR round trip is only float-accurate.
     return grid.at[0].set(t_start).at[-1].set(t_end).astype(jnp.float32)
 

@@ -1,5 +1,3 @@
-"""Training: the config's experiment (`setup`), train state, optimizer, jitted step, loop, metrics, benchmark.
-
-    from diffax.train.loop import train
-    state = train(config, workdir)     # resumes from workdir/checkpoints if there is one
-"""
+"""The training engine: train state (`state`), one optimizer step (`step`), the step runner that launches steps and
+owns any speed machinery (`runner`, `packing`), the optimizer and the metric writers. The loop that drives them is
+the train mode, `diffax.modes.train`."""

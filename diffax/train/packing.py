@@ -1,18 +1,17 @@
 """Few arrays per launch: the small replicated leaves of a pytree packed into one flat buffer per dtype.
 
 Every call of a jitted function does host work for each array it takes and returns, on each device: JAX's checks
-of the argument, PjRt's holds on its buffers and their events, a new array for each output. The DDPM CIFAR-10
-train state has 1,494 arrays (parameters, cast copy, two Adam moments, EMA), most of them biases and normalization
-scales of a few hundred numbers; on two GPUs launching a step over them took longer than the step's own compute
-(benchmarks/NOTES v6). Packing the small leaves moves them as a handful of buffers instead:
+of the argument, PjRt's holds on its buffers and their events, a new array for each output. A UNet's train state
+holds over a thousand arrays, most of them biases and normalization scales of a few hundred numbers, so with short
+steps the host's launch can take longer than the devices' work. Packing the small leaves moves them as a handful
+of buffers instead:
 
     packed = (buffers, rest)
     buffers[g] = concat(ravel(leaf) for each packed leaf of dtype g, in tree order)     (n_g,)
     rest       = the other leaves, as they are
 
-A leaf is packed when it is fully replicated, holds 1 to `max_elements` numbers of a numeric dtype (not a typed
-PRNG key) and `packable` says so. Large
-leaves stay whole: they cost a launch the same as small ones but packing would copy their bytes. Inside the jitted
+A leaf is packed when it is fully replicated and holds 1 to `max_elements` numbers of a numeric dtype (not a typed
+PRNG key). Large leaves stay whole: they cost a launch the same as small ones but packing would copy their bytes. Inside the jitted
 step `unpack` (static slices, which XLA fuses into their consumers) and `pack` (one concatenation per dtype) are
 nearly free; outside it, `packed` / `unpacked` convert whole states and pass the unpacked leaves through uncopied.
 """
@@ -51,17 +50,16 @@ class Packing:
     shardings: tuple[tuple[NamedSharding, ...], tuple[Any, ...]]
 
     @classmethod
-    def of(cls, abstract: Any, max_elements: int, packable: Any = None) -> Packing:
-        """The packing of trees like `abstract` (ShapeDtypeStructs with NamedShardings); `packable` is an optional
-        tree of bools of the same structure (False: never pack that leaf); max_elements 0 packs nothing."""
+    def of(cls, abstract: Any, max_elements: int) -> Packing:
+        """The packing of trees like `abstract` (ShapeDtypeStructs with NamedShardings); max_elements 0 packs
+        nothing."""
         leaves, treedef = jax.tree.flatten(abstract)
-        allowed = [True] * len(leaves) if packable is None else treedef.flatten_up_to(packable)
         by_dtype: dict[np.dtype, list[tuple[int, tuple[int, ...]]]] = {}
         meshes: dict[np.dtype, Any] = {}
         rest = []
-        for index, (leaf, allow) in enumerate(zip(leaves, allowed, strict=True)):
+        for index, leaf in enumerate(leaves):
             sharding = leaf.sharding
-            if (allow and 0 < math.prod(leaf.shape) <= max_elements
+            if (0 < math.prod(leaf.shape) <= max_elements
                     and not jnp.issubdtype(leaf.dtype, jax.dtypes.extended)
                     and isinstance(sharding, NamedSharding) and sharding.is_fully_replicated):
                 by_dtype.setdefault(np.dtype(leaf.dtype), []).append((index, tuple(leaf.shape)))

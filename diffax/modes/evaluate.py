@@ -1,10 +1,12 @@
-"""`--mode eval`: held-out metrics of the newest checkpoint, for the raw and every EMA parameter set.
+"""`--mode eval`: held-out metrics of a trained run's checkpoint (config.sample.step, default the newest), for the
+raw and every EMA parameter set.
 
     loss          the training objective on eval.num_batches batches of data.eval_split, with noise and times
                   drawn from PRNGKey(seed) per batch (the same draws for every parameter set)
     bits_per_dim  (images, eval.bits_per_dim) the probability-flow ODE likelihood of eval.bpd_examples held-out
                   images, uniformly dequantized (diffax.likelihood), with the unconditional denoiser
 
+The run's own config is used (WORKDIR/run.json), with the command line's eval overrides.
 Results go to WORKDIR/eval_<step>.json and, as `eval/...` scalars, to metrics.jsonl and TensorBoard.
 """
 
@@ -21,22 +23,23 @@ import numpy as np
 from absl import logging
 
 from diffax import likelihood, parallel
-from diffax.train import setup
-from diffax.train.loop import load_checkpoint
+from diffax.experiment import Experiment, make_iterator
+from diffax.run import Run, load_run
 from diffax.train.metrics import MetricWriter
 from diffax.train.step import make_loss_fn
 
 
-def _parameter_sets(state, decays) -> dict[str, Any]:
-    return {"raw": state.params, **{f"ema_{decay:g}": ema for decay, ema in zip(decays, state.ema_params, strict=True)}}
+def _parameter_sets(run: Run) -> dict[str, Any]:
+    decays = run.config.train.ema_decays
+    return {"raw": run.params(ema=-1), **{f"ema_{decay:g}": run.params(ema=index) for index, decay in enumerate(decays)}}
 
 
-def heldout_loss(experiment: setup.Experiment, parameter_sets: dict[str, Any], mesh) -> dict[str, float]:
+def heldout_loss(experiment: Experiment, parameter_sets: dict[str, Any], mesh) -> dict[str, float]:
     """Mean held-out loss per parameter set."""
     config = experiment.config
     batch_size = config.eval.batch_size
     parallel.check_batch_size(batch_size, mesh.devices.size)
-    iterator = setup.make_iterator(config, split=config.data.eval_split, global_batch_size=batch_size,
+    iterator = make_iterator(config, split=config.data.eval_split, global_batch_size=batch_size,
                                    seed=config.seed, train=False)
     loss_fn = make_loss_fn(experiment)
     batch_loss = jax.jit(lambda params, batch, key: loss_fn(params, batch, key, False)[0],
@@ -51,12 +54,12 @@ def heldout_loss(experiment: setup.Experiment, parameter_sets: dict[str, Any], m
     return {name: total / config.eval.num_batches for name, total in totals.items()}
 
 
-def heldout_bits_per_dim(experiment: setup.Experiment, parameter_sets: dict[str, Any], mesh) -> dict[str, float]:
+def heldout_bits_per_dim(experiment: Experiment, parameter_sets: dict[str, Any], mesh) -> dict[str, float]:
     """Mean bits/dim of eval.bpd_examples held-out images per parameter set (one ODE solve over the batch)."""
     config = experiment.config
     count = config.eval.bpd_examples
     parallel.check_batch_size(count, mesh.devices.size)
-    iterator = setup.make_iterator(config, split=config.data.eval_split, global_batch_size=count, seed=config.seed,
+    iterator = make_iterator(config, split=config.data.eval_split, global_batch_size=count, seed=config.seed,
                                    train=False)
     images = parallel.global_batch({"image": next(iterator)["image"]}, parallel.batch_sharding(mesh))["image"]
 
@@ -71,15 +74,16 @@ def heldout_bits_per_dim(experiment: setup.Experiment, parameter_sets: dict[str,
             for name, params in parameter_sets.items()}
 
 
-def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Evaluates the newest checkpoint; returns {"eval/loss/<set>": ..., "eval/bits_per_dim/<set>": ...}."""
-    experiment, mesh, state = load_checkpoint(config, workdir)
-    step = int(jax.device_get(state.step))
-    parameter_sets = _parameter_sets(state, config.train.ema_decays)
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Evaluates the checkpoint; returns {"eval/loss/<set>": ..., "eval/bits_per_dim/<set>": ...}."""
+    trained = load_run(workdir, config.sample.step, config=config)
+    experiment, mesh, step = trained.experiment, trained.mesh, trained.step
+    parameter_sets = _parameter_sets(trained)
     results = {f"eval/loss/{name}": value for name, value in heldout_loss(experiment, parameter_sets, mesh).items()}
     if experiment.is_image and config.eval.bits_per_dim:
         results.update({f"eval/bits_per_dim/{name}": value
                         for name, value in heldout_bits_per_dim(experiment, parameter_sets, mesh).items()})
+    trained.close()
     if jax.process_index() == 0:
         with open(os.path.join(workdir, f"eval_{step:07d}.json"), "w") as file:
             json.dump({"step": step, **results}, file, indent=1)

@@ -5,8 +5,8 @@ Reports (to the log, stdout and WORKDIR/bench.json):
                 MFU = 3 * forward FLOPs per example * examples/s / (devices * peak FLOP/s per device)
             (a training step costs about 3 forward passes: the forward, and the backward's two products per layer),
             the host's time to launch one call (train.steps_per_dispatch steps) onto idle devices (wall time until
-            the call returns, median of 5) and the number of arrays the call takes as the train state (`packing`):
-            the host limits the rate where launching a call takes about as long as running it;
+            the call returns, median of 5) and the number of arrays the call takes as the train state: the host
+            limits the rate where launching a call takes about as long as running it;
   denoiser: ms per call of the sampler's denoiser on a batch of sample.batch_size, and examples/s;
   sampler:  ms per step of a `bench.sample_steps`-step run of sample.method, and its ratio to one denoiser call
             (1 + the sampler's own overhead for one-evaluation solvers such as DDIM);
@@ -31,14 +31,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from diffax import parallel
-from diffax.evaluation import generate
+from diffax import generate, parallel
+from diffax.experiment import Experiment, build_experiment, parse_shape
 from diffax.nets import forward_flops_per_example
-from diffax.train import setup
-from diffax.train.loop import build_mesh
 from diffax.train.optimizer import make_optimizer
-from diffax.train.state import abstract_state, create_train_state, state_packing
-from diffax.train.step import make_loss_fn, make_train_step
+from diffax.train.runner import StepRunner
+from diffax.train.state import config_abstract_state, create_train_state
+from diffax.train.step import make_loss_fn
 
 # Dense bf16 peak FLOP/s per device, by substring of `device.device_kind` (vendor data sheets).
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
@@ -59,26 +58,13 @@ def peak_memory_bytes() -> int | None:
     return max(peaks) if peaks else None
 
 
-def parse_example_shape(text: str) -> tuple[int, ...] | None:
-    """"32,32,4" -> (32, 32, 4); "" -> None (the data set's shape)."""
-    if not text:
-        return None
-    try:
-        shape = tuple(int(size) for size in text.split(","))
-    except ValueError:
-        shape = ()
-    if not shape or min(shape) <= 0:
-        raise ValueError(f"config.bench.example_shape = {text!r}: expected positive sizes such as '32,32,4'")
-    return shape
+def bench_experiment(config: ml_collections.ConfigDict) -> Experiment:
+    experiment = build_experiment(config, require_data=False)
+    shape = parse_shape(config.bench.example_shape, "bench.example_shape")
+    return experiment.with_example_shape(shape) if shape else experiment
 
 
-def bench_experiment(config: ml_collections.ConfigDict) -> setup.Experiment:
-    experiment = setup.build_experiment(config, require_data=False)
-    shape = parse_example_shape(config.bench.example_shape)
-    return dataclasses.replace(experiment, example_shape=shape) if shape else experiment
-
-
-def _synthetic_batches(experiment: setup.Experiment, batch_size: int, steps: int, mesh) -> dict[str, jax.Array]:
+def _synthetic_batches(experiment: Experiment, batch_size: int, steps: int, mesh) -> dict[str, jax.Array]:
     rng = np.random.default_rng(0)
     local = batch_size // jax.process_count()
     batch = {"image": rng.standard_normal((steps, local, *experiment.example_shape), np.float32),
@@ -102,47 +88,45 @@ def _compile(fn, *args) -> tuple[float, object]:
     return time.perf_counter() - start, compiled
 
 
-def prepare_train(experiment: setup.Experiment, mesh, batch_size: int):
-    """(compile seconds, compiled train step, fresh state in its packed form, synthetic batches, the packing) for
-    timing or profiling."""
+def prepare_train(experiment: Experiment, mesh, batch_size: int):
+    """(compile seconds, compiled runner call, fresh state in the runner's form, synthetic batches, the runner)
+    for timing or profiling."""
     config = experiment.config
     optimizer = make_optimizer(config.optim, config.train.num_steps)
-    num_ema = len(config.train.ema_decays)
-    abstract = abstract_state(experiment, optimizer, mesh, num_ema=num_ema, fsdp=config.mesh.fsdp > 1,
-                              min_fsdp_size=config.mesh.min_fsdp_size)
-    packing = state_packing(abstract, config.train.pack_max_elements)
-    packed = packing.packed(create_train_state(experiment, optimizer, abstract, config.seed))
-    batches = _synthetic_batches(experiment, batch_size, config.train.steps_per_dispatch, mesh)
-    compile_seconds, train_step = _compile(make_train_step(experiment, optimizer, mesh, packing), packed, batches)
-    return compile_seconds, train_step, packed, batches, packing
+    abstract = config_abstract_state(experiment, optimizer, mesh)
+    runner = StepRunner(experiment, optimizer, mesh, abstract)
+    held = runner.hold(create_train_state(experiment, optimizer, abstract, config.seed))
+    batches = _synthetic_batches(experiment, batch_size, runner.steps_per_call, mesh)
+    compile_seconds, compiled = _compile(runner, held, batches)
+    return compile_seconds, compiled, held, batches, runner
 
 
-def bench_train(experiment: setup.Experiment, mesh, batch_size: int) -> tuple[dict, object]:
+def bench_train(experiment: Experiment, mesh, batch_size: int) -> tuple[dict, object]:
     config = experiment.config
-    compile_seconds, train_step, packed, batches, packing = prepare_train(experiment, mesh, batch_size)
-    packed, _ = jax.block_until_ready(train_step(packed, batches))  # Warm-up.
+    compile_seconds, train_step, held, batches, runner = prepare_train(experiment, mesh, batch_size)
+    held, _ = jax.block_until_ready(train_step(held, batches))  # Warm-up.
     start = time.perf_counter()
     for _ in range(config.bench.steps):
-        packed, _ = train_step(packed, batches)
-    jax.block_until_ready(packed)
-    step_seconds = (time.perf_counter() - start) / (config.bench.steps * config.train.steps_per_dispatch)
+        held, _ = train_step(held, batches)
+    jax.block_until_ready(held)
+    step_seconds = (time.perf_counter() - start) / (config.bench.steps * runner.steps_per_call)
     launch_seconds = []
     for _ in range(5):  # Host time to launch one call onto idle devices.
         launch_start = time.perf_counter()
-        packed, _ = train_step(packed, batches)
+        held, _ = train_step(held, batches)
         launch_seconds.append(time.perf_counter() - launch_start)
-        jax.block_until_ready(packed)
+        jax.block_until_ready(held)
     results = {"train_compile_seconds": compile_seconds, "train_step_ms": 1e3 * step_seconds,
                "train_examples_per_second": batch_size / step_seconds,
                "train_launch_ms": 1e3 * float(np.median(launch_seconds)),
-               "train_state_arrays": len(jax.tree.leaves(packed))}
-    return results, packing.unpacked(packed).params
+               "train_state_arrays": len(jax.tree.leaves(held))}
+    return results, runner.state(held).params
 
 
-def bench_sampling(experiment: setup.Experiment, mesh, params) -> dict:
-    sample_config = ml_collections.ConfigDict(experiment.config.sample.to_dict())
-    sample_config.num_steps = experiment.config.bench.sample_steps
-    batch_size = sample_config.batch_size
+def bench_sampling(experiment: Experiment, mesh, params) -> dict:
+    settings = generate.SamplerSettings.from_config(experiment.config.sample,
+                                                    num_steps=experiment.config.bench.sample_steps)
+    batch_size = experiment.config.sample.batch_size
     labels = generate.sample_labels(batch_size, experiment.num_classes)
     sharding = parallel.batch_sharding(mesh)
     x = jax.device_put(np.random.default_rng(1).standard_normal((batch_size, *experiment.example_shape),
@@ -151,21 +135,23 @@ def bench_sampling(experiment: setup.Experiment, mesh, params) -> dict:
 
     @jax.jit
     def denoise(params, x, t, labels):
-        return generate.make_denoiser(experiment, params, labels, sample_config)(x, t)
+        return generate.make_denoiser(experiment, params, labels, settings.guidance_scale,
+                                      settings.clip_denoised)(x, t)
 
     _, denoise = _compile(denoise, params, x, t, labels)
     denoise_seconds = seconds_per_call(denoise, params, x, t, labels, repeats=experiment.config.bench.steps)
-    generator = generate.make_generator(experiment, sample_config, mesh, batch_size)
-    compile_seconds, sampler = _compile(generator, params, jnp.uint32(0), labels)
-    sample_seconds = seconds_per_call(sampler, params, jnp.uint32(0), labels, repeats=1)
-    sampler_step_seconds = sample_seconds / sample_config.num_steps
+    generator = generate.make_generator(experiment, settings, mesh, batch_size)
+    indices = np.arange(batch_size, dtype=np.int32)
+    compile_seconds, sampler = _compile(generator, params, jnp.uint32(0), indices, labels)
+    sample_seconds = seconds_per_call(sampler, params, jnp.uint32(0), indices, labels, repeats=1)
+    sampler_step_seconds = sample_seconds / settings.num_steps
     return {"sample_batch_size": batch_size, "denoiser_ms": 1e3 * denoise_seconds,
             "denoiser_examples_per_second": batch_size / denoise_seconds,
             "sampler_compile_seconds": compile_seconds, "sampler_step_ms": 1e3 * sampler_step_seconds,
             "sampler_step_over_denoiser": sampler_step_seconds / denoise_seconds}
 
 
-def bench_accuracy(experiment: setup.Experiment, mesh, params, batch_size: int) -> dict:
+def bench_accuracy(experiment: Experiment, mesh, params, batch_size: int) -> dict:
     """Loss and network output of the compute dtype against float32 (see the module docstring)."""
     reference = dataclasses.replace(experiment, model=experiment.model.clone(dtype=jnp.float32))
     leaves, treedef = jax.tree.flatten(params)
@@ -189,9 +175,10 @@ def bench_accuracy(experiment: setup.Experiment, mesh, params, batch_size: int) 
             "output_relative_error": output_error}
 
 
-def run_bench(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float | None]:
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float | None]:
+    """Benchmarks the config (a trained run's own config on its workdir); writes WORKDIR/bench.json."""
     experiment = bench_experiment(config)
-    mesh = build_mesh(config)
+    mesh = parallel.mesh_from_config(config.mesh)
     batch_size = config.bench.batch_size or config.train.batch_size
     parallel.check_batch_size(batch_size, mesh.devices.size, config.train.grad_accum_steps)
     train_results, params = bench_train(experiment, mesh, batch_size)

@@ -1,14 +1,15 @@
-"""The training loop: build or resume the state, feed global batches, log, checkpoint, write sample grids.
+"""`--mode train`: build or resume the state, feed global batches, log, checkpoint, write sample grids.
 
+    WORKDIR/run.json        the run's resolved config and data spec (`diffax.run_config`), written before step 1
     WORKDIR/checkpoints/    Orbax checkpoints (train state, data position, config); the newest is resumed
     WORKDIR/metrics.jsonl   one JSON line per logged step
     WORKDIR/tensorboard/    TensorBoard event file(s)
     WORKDIR/samples/        step_<step, 7 digits>.png sample grids from the EMA parameters
 
-Between jitted calls the train state is held packed (`packing`: few arrays to launch) and unpacked only to
-checkpoint or sample. A SIGTERM (preemption) makes the run save a checkpoint after the step in flight and return
-normally (exit 0). A non-finite loss stops the run with an error naming the step, before any checkpoint of the
-diverged state is written. Metrics stay on device between log steps, so the host does not wait for every step.
+The steps run through `diffax.train.runner.StepRunner`, which owns any speed machinery. A SIGTERM (preemption)
+makes the run save a checkpoint after the step in flight and return normally (exit 0). A non-finite loss stops the
+run with an error naming the step, before any checkpoint of the diverged state is written. Metrics stay on device
+between log steps, so the host does not wait for every step.
 """
 
 from __future__ import annotations
@@ -24,15 +25,15 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from diffax import parallel
+from diffax import generate, parallel
 from diffax.checkpoint import Checkpointer
-from diffax.evaluation import generate, grid
+from diffax.evaluation import grid
+from diffax.experiment import Experiment, build_experiment, make_iterator
+from diffax.run_config import read_run_file, write_run_file
 from diffax.train import metrics as metrics_lib
-from diffax.train import setup
 from diffax.train.optimizer import make_optimizer
-from diffax.train.state import (TrainState, abstract_state, create_train_state, for_checkpoint, state_packing,
-                                with_cast_params)
-from diffax.train.step import make_train_step
+from diffax.train.runner import StepRunner
+from diffax.train.state import FIELDS, TrainState, config_abstract_state, create_train_state
 
 
 class NonFiniteLossError(RuntimeError):
@@ -62,43 +63,32 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-    """The config's mesh over its first `mesh.num_devices` devices (all if -1)."""
-    devices = jax.devices()
-    if config.mesh.num_devices != -1:
-        if jax.process_count() > 1:
-            raise ValueError(f"config.mesh.num_devices = {config.mesh.num_devices}: expected -1 (all devices) in a "
-                             f"run of {jax.process_count()} processes")
-        devices = devices[:config.mesh.num_devices]
-    return parallel.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
-
-
-def restore_or_create(experiment: setup.Experiment, mesh: jax.sharding.Mesh, checkpointer: Checkpointer,
-                      ) -> tuple[TrainState, TrainState, bytes | None]:
-    """(state, its abstract state with shardings, data-iterator state or None): the newest checkpoint's, or a fresh
-    state."""
+def restore_or_create(experiment: Experiment, mesh: jax.sharding.Mesh, checkpointer: Checkpointer,
+                      step: int | None = None) -> tuple[TrainState, TrainState, bytes | None]:
+    """(state, its abstract state with shardings, data-iterator state or None): checkpoint `step`'s (default: the
+    newest) if the workdir has one, else a fresh state."""
     config = experiment.config
     optimizer = make_optimizer(config.optim, config.train.num_steps)
-    abstract = abstract_state(experiment, optimizer, mesh, num_ema=len(config.train.ema_decays),
-                              fsdp=config.mesh.fsdp > 1, min_fsdp_size=config.mesh.min_fsdp_size)
+    abstract = config_abstract_state(experiment, optimizer, mesh)
     if checkpointer.latest_step() is not None:
-        logging.info("resuming from %s at step %d", checkpointer.directory, checkpointer.latest_step())
-        state, data_state = checkpointer.restore(for_checkpoint(abstract))
-        return with_cast_params(state, abstract), abstract, data_state
+        step = checkpointer.check_step(step)
+        logging.info("resuming from %s at step %d", checkpointer.directory, step)
+        fields, data_state = checkpointer.restore({field: getattr(abstract, field) for field in FIELDS}, step)
+        return TrainState(**fields), abstract, data_state
     return create_train_state(experiment, optimizer, abstract, config.seed), abstract, None
 
 
-def sampling_params(state: TrainState, ema_index: int) -> Any:
-    """The parameters to sample from: EMA `ema_index`, or the raw parameters for -1."""
-    return state.params if ema_index == -1 else state.ema_params[ema_index]
-
-
-def write_samples(experiment: setup.Experiment, state: TrainState, mesh: jax.sharding.Mesh, workdir: str,
+def write_samples(experiment: Experiment, state: TrainState, mesh: jax.sharding.Mesh, workdir: str,
                   step: int) -> str:
-    """Writes WORKDIR/samples/step_<step, 7 digits>.png (and returns its path) from the configured EMA parameters."""
+    """Writes WORKDIR/samples/step_<step, 7 digits>.png (and returns its path): config.sample's sampler on the
+    EMA parameters of config.sample.ema_index (-1: raw), samples 0..num_samples - 1 of seed config.seed."""
     config = experiment.config
-    samples = generate.generate_samples(experiment, sampling_params(state, config.sample.ema_index), config.sample,
-                                        mesh, seed=config.seed)
+    sample_config = config.sample
+    params = state.params if sample_config.ema_index == -1 else state.ema_params[sample_config.ema_index]
+    samples = generate.generate_samples(
+        experiment, params, generate.SamplerSettings.from_config(sample_config), mesh,
+        num_samples=sample_config.num_samples, seed=config.seed, batch_size=sample_config.batch_size,
+        labels=generate.sample_labels(sample_config.num_samples, experiment.num_classes, sample_config.labels))
     path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
     if jax.process_index() == 0:
         grid.samples_png(samples, path, experiment.is_image, columns=experiment.num_classes)
@@ -130,22 +120,24 @@ def _flush(pending: list[tuple[int, dict]], writer: metrics_lib.MetricWriter, pr
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or resumes) the run of `config` in `workdir` to config.train.num_steps; returns the final state."""
     train_config = config.train
-    experiment = setup.build_experiment(config)
-    mesh = build_mesh(config)
+    saved = read_run_file(workdir)
+    experiment = build_experiment(config, saved[1] if saved else None)
+    if jax.process_index() == 0:
+        write_run_file(workdir, config, experiment.spec)
+    mesh = parallel.mesh_from_config(config.mesh)
     parallel.check_batch_size(train_config.batch_size, mesh.devices.size, train_config.grad_accum_steps)
     checkpointer = Checkpointer(workdir, max_to_keep=train_config.keep_checkpoints)
     state, abstract, data_state = restore_or_create(experiment, mesh, checkpointer)
     step = int(jax.device_get(state.step))
-    packing = state_packing(abstract, train_config.pack_max_elements)
-    packed = packing.packed(state)  # What the step takes and returns; unpacked to save or sample.
+    runner = StepRunner(experiment, make_optimizer(config.optim, train_config.num_steps), mesh, abstract)
+    held = runner.hold(state)  # What the runner takes and returns.
     del state
-    iterator = setup.make_iterator(config, split=config.data.split, global_batch_size=train_config.batch_size,
-                                   seed=config.seed)
+    iterator = make_iterator(config, split=config.data.split, global_batch_size=train_config.batch_size,
+                             seed=config.seed)
     if data_state is not None:
         iterator.set_state(data_state)
-    train_step = make_train_step(experiment, make_optimizer(config.optim, train_config.num_steps), mesh, packing)
     batch_sharding = parallel.batch_sharding(mesh, leading_axes=1)
-    per_dispatch = train_config.steps_per_dispatch
+    per_call = runner.steps_per_call
     writer = metrics_lib.MetricWriter(workdir)
     progress = metrics_lib.Progress(train_config.num_steps, train_config.batch_size, step, train_config.progress_bar)
     preemption = _Preemption()
@@ -155,13 +147,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                  mesh.devices.size)
     try:
         while step < train_config.num_steps:
-            local = [next(iterator) for _ in range(per_dispatch)]
+            local = [next(iterator) for _ in range(per_call)]
             batches = parallel.global_batch({key: np.stack([b[key] for b in local]) for key in local[0]},
                                             batch_sharding, example_axis=1)
-            packed, step_metrics = train_step(packed, batches)
+            held, step_metrics = runner(held, batches)
             pending.append((step, step_metrics))
-            step += per_dispatch
-            window_examples += per_dispatch * train_config.batch_size
+            step += per_call
+            window_examples += per_call * train_config.batch_size
             preempted = preemption.reached(step)
             done = step >= train_config.num_steps
             save = done or preempted or step % train_config.checkpoint_every == 0
@@ -169,31 +161,37 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 _flush(pending, writer, progress, window_start, window_examples)
                 window_start, window_examples = time.time(), 0
             if save:
-                checkpointer.save(step, for_checkpoint(packing.unpacked(packed)), iterator.get_state(), config)
+                checkpointer.save(step, runner.state(held), iterator.get_state(), config)
             if preempted:
                 logging.warning("preempted: saved step %d, exiting", step)
                 break
             if train_config.sample_every and step % train_config.sample_every == 0 and not done:
-                write_samples(experiment, packing.unpacked(packed), mesh, workdir, step)
+                write_samples(experiment, runner.state(held), mesh, workdir, step)
         else:
-            logging.info("wrote %s", write_samples(experiment, packing.unpacked(packed), mesh, workdir, step))
+            logging.info("wrote %s", write_samples(experiment, runner.state(held), mesh, workdir, step))
     finally:
         checkpointer.wait()
         checkpointer.close()
         progress.close()
         writer.close()
         preemption.close()
-    return packing.unpacked(packed)
+    return runner.state(held)
 
 
-def load_checkpoint(config: ml_collections.ConfigDict, workdir: str
-                    ) -> tuple[setup.Experiment, jax.sharding.Mesh, TrainState]:
-    """(experiment, mesh, state) of the newest checkpoint in `workdir`, placed on the config's mesh."""
-    experiment = setup.build_experiment(config)
-    mesh = build_mesh(config)
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """The mode's entry point (`launch.py --mode train`)."""
+    train(config, workdir)
+
+
+def restore_train_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+                        ) -> tuple[Experiment, jax.sharding.Mesh, TrainState]:
+    """(experiment, mesh, whole train state) of checkpoint `step` (default: the newest) of the run in `workdir`,
+    placed on `config`'s mesh."""
+    saved = read_run_file(workdir)
+    experiment = build_experiment(config, saved[1] if saved else None)
+    mesh = parallel.mesh_from_config(config.mesh)
     checkpointer = Checkpointer(workdir, max_to_keep=None)
-    if checkpointer.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: train first (--mode train)")
-    state, _, _ = restore_or_create(experiment, mesh, checkpointer)
+    checkpointer.check_step(step)
+    state, _, _ = restore_or_create(experiment, mesh, checkpointer, step)
     checkpointer.close()
     return experiment, mesh, state

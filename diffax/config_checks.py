@@ -1,0 +1,102 @@
+"""Config checks that run at launch, before anything compiles: each error names the key, its value and what was
+expected, e.g. `config.train.batch_size = 30: expected a multiple of train.grad_accum_steps = 4`.
+
+Most checks are tables: CHOICES (a key and the registry its value must be a key of), POSITIVE, NON_NEGATIVE and
+FRACTIONS; what relates several keys follows them in `validate_config`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import ml_collections
+
+from diffax import nets, objectives, schedules
+from diffax.experiment import DTYPES, parse_shape
+from diffax.sampling import SOLVERS
+from diffax.train.optimizer import DECAYS
+
+CHOICES = {
+    "model.name": nets.NETWORKS, "model.compute_dtype": DTYPES, "diffusion.schedule": schedules.SCHEDULES,
+    "diffusion.prediction": objectives.PREDICTIONS, "diffusion.noise_conditioning": objectives.NOISE_CONDITIONINGS,
+    "diffusion.weighting": objectives.WEIGHTINGS, "diffusion.time_sampling": objectives.TIME_SAMPLERS,
+    "optim.decay": DECAYS, "sample.method": SOLVERS, "sample.grid": schedules.TIME_GRIDS,
+}
+POSITIVE = ("diffusion.sigma_data", "optim.learning_rate", "train.batch_size", "train.num_steps",
+            "train.grad_accum_steps", "train.steps_per_dispatch", "train.log_every", "train.checkpoint_every",
+            "train.keep_checkpoints", "sample.num_steps", "sample.num_samples", "sample.batch_size",
+            "eval.batch_size", "eval.num_batches", "eval.bpd_examples", "bench.steps", "bench.sample_steps")
+NON_NEGATIVE = ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip_norm", "optim.eps",
+                "train.sample_every", "train.pack_max_elements", "sample.guidance_scale", "sample.seed")
+FRACTIONS = ("optim.b1", "optim.b2", "optim.end_learning_rate_fraction")
+
+
+def _require(condition: bool, key: str, value: Any, expected: str) -> None:
+    if not condition:
+        raise ValueError(f"config.{key} = {value!r}: expected {expected}")
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_solver_options(config: ml_collections.ConfigDict) -> None:
+    """Every key of sample.options must be a keyword of the solver's step."""
+    step = SOLVERS[config.sample.method].step
+    accepted = [name for name, parameter in inspect.signature(step).parameters.items()
+                if parameter.kind == inspect.Parameter.KEYWORD_ONLY]
+    for option in config.sample.options.keys():
+        _require(option in accepted, f"sample.options.{option}", config.sample.options[option],
+                 f"an option of sampler {config.sample.method!r}: one of {accepted}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first invalid key."""
+    for key, registry in CHOICES.items():
+        value = _get(config, key)
+        _require(value in registry, key, value, f"one of {sorted(registry)}")
+    for key in POSITIVE:
+        value = _get(config, key)
+        _require(_is_number(value) and value > 0, key, value, "a positive number")
+    for key in NON_NEGATIVE:
+        value = _get(config, key)
+        _require(_is_number(value) and value >= 0, key, value, "a non-negative number")
+    for key in FRACTIONS:
+        value = _get(config, key)
+        _require(_is_number(value) and 0.0 <= value <= 1.0, key, value, "a number in [0, 1]")
+    _require(0.0 <= config.model.label_dropout < 1.0, "model.label_dropout", config.model.label_dropout,
+             "a probability in [0, 1)")
+
+    train = config.train
+    _require(train.batch_size % train.grad_accum_steps == 0, "train.batch_size", train.batch_size,
+             f"a multiple of train.grad_accum_steps = {train.grad_accum_steps}")
+    for key in ("train.num_steps", "train.log_every", "train.checkpoint_every", "train.sample_every"):
+        value = _get(config, key)
+        _require(value % train.steps_per_dispatch == 0, key, value,
+                 f"a multiple of train.steps_per_dispatch = {train.steps_per_dispatch}")
+    decays = tuple(train.ema_decays)
+    _require(len(decays) > 0 and all(0.0 <= d < 1.0 for d in decays), "train.ema_decays", decays,
+             "a non-empty tuple of decays in [0, 1)")
+
+    sample = config.sample
+    _check_solver_options(config)
+    _require(-1 <= sample.ema_index < len(decays), "sample.ema_index", sample.ema_index,
+             f"-1 (raw parameters) or an index into train.ema_decays (length {len(decays)})")
+    _require(sample.step is None or (isinstance(sample.step, int) and sample.step >= 0), "sample.step", sample.step,
+             "None (the newest checkpoint) or a checkpoint's step")
+    _require(all(isinstance(label, int) and label >= 0 for label in sample.labels), "sample.labels", sample.labels,
+             "a tuple of class indices, e.g. (3, 5)")
+    parse_shape(config.bench.example_shape, "bench.example_shape")
+
+    mesh = config.mesh
+    for key in ("mesh.data", "mesh.fsdp", "mesh.num_devices"):
+        value = _get(config, key)
+        _require(isinstance(value, int) and (value == -1 or value >= 1), key, value, "-1 or a positive integer")
+    _require(not (mesh.data == -1 and mesh.fsdp == -1), "mesh.fsdp", mesh.fsdp, "a size when mesh.data is -1")

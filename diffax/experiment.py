@@ -1,0 +1,213 @@
+"""What a run is made of, built from its config: the network, the forward process, the data and the denoiser.
+
+The one place that reads the config's `model`, `diffusion` and `data` keys, so that every mode (train, sample,
+eval, bench) and `diffax.load_run` agree on shapes, conditioning and parameterization.
+
+Data sets are sources in `DATA_SOURCES`, a plain dict from `data.name` to a `DataSource`; a name that is not a key
+is read as a TFDS data set (the bundled ones, `digits` and `mnist5k`, are prepared on first use). A source gives
+the `DataSpec` of its examples and this process's batch iterator. The spec is all that sampling needs, and a
+trained run stores it beside its config (`diffax.run_config`), so sampling never opens the data set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from diffax import data as data_lib
+from diffax import mixture, nets, objectives
+from diffax.data import sources
+from diffax.schedules import Schedule, get_schedule
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """What one example is, known without reading the data.
+
+    Attributes:
+      example_shape: (H, W, C) images or (D,) vectors.
+      num_classes: label classes of the data set, or None (unlabelled).
+      is_image: images in [-1, 1] (grids, uint8 output, bits/dim) rather than points.
+    """
+
+    example_shape: tuple[int, ...]
+    num_classes: int | None
+    is_image: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"example_shape": list(self.example_shape), "num_classes": self.num_classes,
+                "is_image": self.is_image}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DataSpec:
+        return cls(tuple(values["example_shape"]), values["num_classes"], bool(values["is_image"]))
+
+
+class DataSource(Protocol):
+    """A data set by name: its spec and its batches ({"image": (b, *example_shape), "label": (b,)})."""
+
+    def spec(self, data: ml_collections.ConfigDict, *, require_data: bool) -> DataSpec: ...
+
+    def iterator(self, data: ml_collections.ConfigDict, *, seed: int, split: str, global_batch_size: int,
+                 num_epochs: int | None, train: bool) -> data_lib.DataIterator: ...
+
+
+class TfdsSource:
+    """A TFDS data set stored as ArrayRecord (`diffax.data`); images scaled to [-1, 1]."""
+
+    def spec(self, data: ml_collections.ConfigDict, *, require_data: bool) -> DataSpec:
+        """With require_data=False a catalogue data set that is not prepared is described by its builder's
+        metadata, which needs neither the files nor TensorFlow (benchmarks on synthetic data)."""
+        try:
+            spec = data_lib.dataset_spec(data.name, split=data.split, data_dir=data.data_dir,
+                                         image_size=data.image_size)
+        except FileNotFoundError:
+            if require_data:
+                raise
+            features = tfds.builder(data.name).info.features
+            height, width, channels = features["image"].shape
+            size = sources.image_size_hw(data.image_size) or (height, width)
+            return DataSpec((*size, channels), getattr(features["label"], "num_classes", None), True)
+        return DataSpec(tuple(spec.image_shape), spec.num_classes, True)
+
+    def iterator(self, data, *, seed, split, global_batch_size, num_epochs, train):
+        return data_lib.make_dataset(data.name, split=split, global_batch_size=global_batch_size, seed=seed,
+                                     data_dir=data.data_dir, image_size=data.image_size,
+                                     random_flip=data.random_flip and train, num_epochs=num_epochs,
+                                     worker_count=data.worker_count)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureSource:
+    """Points drawn once from an exact Gaussian mixture (`diffax.mixture`): `data.toy_examples` of them per split,
+    a different draw for each split, so held-out points differ from training points."""
+
+    make_mixture: Any
+
+    def spec(self, data, *, require_data):
+        return DataSpec((self.make_mixture().dim,), None, False)
+
+    def iterator(self, data, *, seed, split, global_batch_size, num_epochs, train):
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), 0 if split == data.split else 1)
+        points = np.asarray(self.make_mixture().sample(key, data.toy_examples))
+        return data_lib.make_array_dataset(points, global_batch_size=global_batch_size, seed=seed,
+                                           num_epochs=num_epochs)
+
+
+DATA_SOURCES: dict[str, DataSource] = {"toy2d": MixtureSource(mixture.toy_mixture_2d)}
+TFDS_SOURCE = TfdsSource()
+
+
+def data_source(name: str) -> DataSource:
+    """The source registered as `name`, else the TFDS data set of that name."""
+    return DATA_SOURCES.get(name, TFDS_SOURCE)
+
+
+def data_spec(config: ml_collections.ConfigDict, *, require_data: bool = True) -> DataSpec:
+    """The spec of the config's training data; require_data as in `TfdsSource.spec`."""
+    return data_source(config.data.name).spec(config.data, require_data=require_data)
+
+
+def make_iterator(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int, seed: int,
+                  num_epochs: int | None = None, train: bool = True) -> data_lib.DataIterator:
+    """This process's iterator over the config's data: {"image": (b, *example_shape), "label": (b,)}."""
+    return data_source(config.data.name).iterator(config.data, seed=seed, split=split,
+                                                  global_batch_size=global_batch_size, num_epochs=num_epochs,
+                                                  train=train)
+
+
+def parse_shape(text: str, key: str) -> tuple[int, ...] | None:
+    """"32,32,4" -> (32, 32, 4); "" -> None. `key` names the config key in the error."""
+    if not text:
+        return None
+    try:
+        shape = tuple(int(size) for size in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) <= 0:
+        raise ValueError(f"config.{key} = {text!r}: expected positive sizes such as '32,32,4'")
+    return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """The network and forward process of a config, and what one example is.
+
+    Attributes:
+      config: the run's config.
+      model: the Flax network, `model.apply({'params': p}, x, noise_level, cond, train=...)`.
+      schedule: the forward process.
+      spec: the data's `DataSpec`.
+      num_classes: label classes the network is conditioned on (the data's, when model.class_conditional), or None.
+    """
+
+    config: ml_collections.ConfigDict
+    model: nn.Module
+    schedule: Schedule
+    spec: DataSpec
+    num_classes: int | None
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return self.spec.example_shape
+
+    @property
+    def is_image(self) -> bool:
+        return self.spec.is_image
+
+    def with_example_shape(self, shape: tuple[int, ...]) -> Experiment:
+        """The same network on other inputs (e.g. latents in benchmarks)."""
+        return dataclasses.replace(self, spec=dataclasses.replace(self.spec, example_shape=tuple(shape)))
+
+    def net_fn(self, params: Any, *, train: bool, dropout_key: jax.Array | None = None) -> objectives.NetFn:
+        """net_fn(x_in (B, *example_shape), noise_level (B,), cond) -> output, parameters closed over."""
+        rngs = {"dropout": dropout_key} if dropout_key is not None else None
+
+        def net_fn(x_in, noise_level, cond):
+            return self.model.apply({"params": params}, x_in, noise_level, cond, train=train, rngs=rngs)
+
+        return net_fn
+
+    def x0_fn(self, params: Any):
+        """The denoiser x0_fn(x_t, t (B,), cond=None) -> x0_hat of the network with `params` (eval mode)."""
+        diffusion = self.config.diffusion
+        return objectives.make_x0_fn(self.net_fn(params, train=False), self.schedule, diffusion.prediction,
+                                     diffusion.noise_conditioning, diffusion.sigma_data)
+
+    def dummy_inputs(self) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+        """(x (1, *example_shape), noise_level (1,), cond (1,) or None): zeros to initialize or trace the network."""
+        cond = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+        return jnp.zeros((1, *self.example_shape), jnp.float32), jnp.zeros((1,)), cond
+
+    def init_params(self, key: jax.Array) -> Any:
+        """Fresh parameters (use under jit / eval_shape)."""
+        return self.model.init(key, *self.dummy_inputs(), train=False)["params"]
+
+
+def build_experiment(config: ml_collections.ConfigDict, spec: DataSpec | None = None, *,
+                     require_data: bool = True) -> Experiment:
+    """The `Experiment` of a (validated) config. `spec` (a trained run's stored spec) saves opening the data;
+    without it the data set is read (require_data as in `TfdsSource.spec`)."""
+    spec = spec or data_spec(config, require_data=require_data)
+    model_config = config.model
+    num_classes = spec.num_classes if model_config.class_conditional else None
+    overrides = dict(model_config.kwargs.to_dict())
+    if num_classes:
+        overrides["num_classes"] = num_classes
+    try:
+        model = nets.build_network(model_config.name, dtype=DTYPES[model_config.compute_dtype], **overrides)
+    except TypeError as error:  # An attribute the network does not have.
+        raise ValueError(f"config.model.kwargs = {overrides}: {error}") from None
+    diffusion = config.diffusion
+    schedule = get_schedule(diffusion.schedule, shift=diffusion.shift, zero_terminal_snr=diffusion.zero_terminal_snr,
+                            **diffusion.schedule_kwargs.to_dict())
+    return Experiment(config, model, schedule, spec, num_classes)

@@ -1,0 +1,139 @@
+"""Samples from an experiment's parameters: the guided denoiser, and numbered samples that depend only on their
+number.
+
+Sample i of a draw with seed s starts from the noise normal(fold_in(noise_key, i)) and takes every solver draw
+from fold_in(solver_key, i), where (noise_key, solver_key) = split(PRNGKey(s)). So sample i is the same, up to
+float rounding of the network, whatever the batch size, the number of devices or the other samples drawn beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from diffax import parallel
+from diffax.experiment import Experiment
+from diffax.sampling import classifier_free_guidance, sample
+from diffax.schedules import time_grid
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """How to sample: solver, time grid, solver options, guidance scale and clipping (the config's `sample`)."""
+
+    method: str = "dpmpp_2m"
+    num_steps: int = 50
+    grid: str = "uniform"
+    t_end: float = 0.0
+    options: tuple[tuple[str, Any], ...] = ()
+    guidance_scale: float = 1.0
+    clip_denoised: bool = False
+
+    @classmethod
+    def from_config(cls, sample_config: ml_collections.ConfigDict, **changes: Any) -> SamplerSettings:
+        """The settings of a config's `sample` section; `changes` (None values ignored) replace fields."""
+        settings = cls(sample_config.method, sample_config.num_steps, sample_config.grid, sample_config.t_end,
+                       tuple(sorted(sample_config.options.to_dict().items())), sample_config.guidance_scale,
+                       sample_config.clip_denoised)
+        changes = {key: value for key, value in changes.items() if value is not None}
+        if isinstance(changes.get("options"), dict):
+            changes["options"] = tuple(sorted(changes["options"].items()))
+        return dataclasses.replace(settings, **changes)
+
+    def describe(self) -> str:
+        """A file-name-safe summary, e.g. 'ddim-eta1_50-trailing_g2_clip'."""
+        method = "-".join([self.method, *(f"{key}{value:g}" if isinstance(value, (int, float)) else f"{key}{value}"
+                                          for key, value in self.options)])
+        parts = [method, f"{self.num_steps}-{self.grid}" + (f"-to{self.t_end:g}" if self.t_end else ""),
+                 f"g{self.guidance_scale:g}"]
+        return "_".join(parts + (["clip"] if self.clip_denoised else []))
+
+
+def make_denoiser(experiment: Experiment, params: Any, labels: jax.Array | None, guidance_scale: float = 1.0,
+                  clip_denoised: bool = False):
+    """The sampler's denoiser x0_fn(x_t, t): conditioned on `labels` (B,), guided with `guidance_scale`, and
+    clipped to the data range [-1, 1] when clip_denoised (as DDPM's and ADM's samplers do).
+
+    At scale 1 the guided denoiser equals the conditional one, so the unconditional half-batch is skipped.
+    """
+    denoise = experiment.x0_fn(params)
+    if labels is None:
+        x0_fn = denoise
+    elif guidance_scale == 1.0:
+        def x0_fn(x, t):
+            return denoise(x, t, labels)
+    else:
+        null = jnp.full_like(labels, experiment.num_classes)
+        x0_fn = classifier_free_guidance(denoise, labels, null, guidance_scale, experiment.schedule)
+    if clip_denoised:
+        return lambda x, t: jnp.clip(x0_fn(x, t), -1.0, 1.0)
+    return x0_fn
+
+
+def sample_labels(num_samples: int, num_classes: int | None, classes: Sequence[int] = ()) -> np.ndarray | None:
+    """Labels cycling through `classes` (default 0, 1, ..., num_classes - 1), or None for unconditional networks.
+    A grid with num_classes columns then shows one class per column."""
+    if not num_classes:
+        return None
+    classes = np.asarray(classes if len(classes) else np.arange(num_classes), np.int32)
+    if classes.min() < 0 or classes.max() >= num_classes:
+        raise ValueError(f"labels {classes.tolist()}: expected classes in [0, {num_classes})")
+    return np.resize(classes, num_samples)
+
+
+def make_generator(experiment: Experiment, settings: SamplerSettings, mesh: Mesh, batch_size: int):
+    """A jitted generate(params, seed, indices (B,), labels (B,) or None) -> samples (B, *example), replicated.
+
+    Sample b is sample number indices[b] of the draw with `seed` (module docstring); the batch is split over the
+    mesh's devices when batch_size is a multiple of their count.
+    """
+    grid = time_grid(experiment.schedule, settings.num_steps, settings.grid, t_end=settings.t_end)
+    options = dict(settings.options)
+    shape = experiment.example_shape
+
+    def generate(params: Any, seed: jax.Array, indices: jax.Array, labels: jax.Array | None) -> jax.Array:
+        noise_key, solver_key = jax.random.split(jax.random.PRNGKey(seed))
+        noise = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(noise_key, i), shape))(indices)
+        keys = jax.vmap(lambda i: jax.random.fold_in(solver_key, i))(indices)
+        if batch_size % mesh.devices.size == 0:  # Split the examples over the devices (else replicated work).
+            noise = jax.lax.with_sharding_constraint(noise, parallel.batch_sharding(mesh))
+        x0_fn = make_denoiser(experiment, params, labels, settings.guidance_scale, settings.clip_denoised)
+        return sample(x0_fn, experiment.schedule, noise, grid, settings.method, keys, **options)
+
+    return jax.jit(generate, out_shardings=parallel.replicated(mesh))
+
+
+def generate_samples(experiment: Experiment, params: Any, settings: SamplerSettings, mesh: Mesh, *,
+                     num_samples: int, seed: int, batch_size: int, labels: np.ndarray | None = None,
+                     progress: Any = None) -> np.ndarray:
+    """Samples 0..num_samples - 1 of the draw with `seed` (N, *example) in the network's data space, in calls of
+    `batch_size` (the last call padded); labels (N,) for class-conditional networks. `progress(n)` is called after
+    each call with the number of samples done."""
+    if experiment.num_classes and labels is None:
+        raise ValueError("a class-conditional network needs labels (N,)")
+    batch_size = min(batch_size, num_samples)
+    generate = make_generator(experiment, settings, mesh, batch_size)
+    chunks = []
+    for start in range(0, num_samples, batch_size):
+        indices = np.arange(start, start + batch_size, dtype=np.int32)
+        chunk_labels = None if not experiment.num_classes else np.resize(labels[start:start + batch_size],
+                                                                           batch_size)
+        samples = generate(params, jnp.uint32(seed), indices, chunk_labels)
+        chunks.append(np.asarray(parallel.to_host(samples)))
+        if progress is not None:
+            progress(min(start + batch_size, num_samples))
+    return np.concatenate(chunks)[:num_samples]
+
+
+def to_data_range(samples: np.ndarray, is_image: bool) -> np.ndarray:
+    """Images in [-1, 1] -> uint8 in 0..255 (rounded, clipped); other data (points) unchanged, float32."""
+    if not is_image:
+        return np.asarray(samples, np.float32)
+    return np.clip(np.round((np.asarray(samples, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)

@@ -1,0 +1,13 @@
+"""The modes a run can be put in, one file each, each a function of (config, workdir):
+
+    train     train or resume (diffax.modes.train)
+    sample    samples from a trained run (diffax.modes.sample)
+    eval      held-out loss and bits/dim of a trained run (diffax.modes.evaluate)
+    bench     speed, memory and accuracy on synthetic data (diffax.modes.bench)
+
+Modes sit on the top floor: nothing in diffax imports them but `launch.py`.
+"""
+
+from diffax.modes import bench, evaluate, sample, train
+
+MODES = {"train": train.run, "sample": sample.run, "eval": evaluate.run, "bench": bench.run}

@@ -1,0 +1,118 @@
+"""A trained run as an object: load it anywhere (a notebook, a script, another machine) from its workdir.
+
+    run = diffax.load_run("/tmp/diffax_digits")          # the newest checkpoint; step=... picks another
+    run.config                                            # the config the run trained with (WORKDIR/run.json)
+    images = run.sample(16, labels=[3] * 16, method="heun", steps=18, grid="karras", guidance=2.0, seed=0)
+    images.shape, images.dtype                            # (16, 8, 8, 1) uint8
+    x0_fn = run.denoiser(labels=jnp.full((4,), 3))        # x0_fn(x_t (4, 8, 8, 1), t (4,)) -> x0_hat, in [-1, 1]
+
+`sample` returns images as uint8 (N, H, W, C) in 0..255, and other data (2-D points) as float32 in the data's own
+units. Sample i of a seed is the same whatever `batch_size` and device count (`diffax.generate`). Only the chosen
+parameter set is read from the checkpoint, never the optimizer state, and the data set is never opened.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from diffax import generate, parallel
+from diffax.checkpoint import Checkpointer
+from diffax.experiment import Experiment, build_experiment
+from diffax.run_config import read_run_file
+from diffax.train.optimizer import make_optimizer
+from diffax.train.state import config_abstract_state
+
+
+class Run:
+    """A trained run: its config, experiment (network, schedule, data spec), checkpoint step and parameters."""
+
+    def __init__(self, workdir: str, config: ml_collections.ConfigDict, experiment: Experiment,
+                 checkpointer: Checkpointer, step: int, mesh: jax.sharding.Mesh):
+        self.workdir, self.config, self.experiment, self.step, self.mesh = workdir, config, experiment, step, mesh
+        self._checkpointer = checkpointer
+        self._params: dict[int, Any] = {}
+
+    @functools.cached_property
+    def _abstract(self):
+        return config_abstract_state(self.experiment, make_optimizer(self.config.optim, 1), self.mesh)
+
+    def _ema_index(self, ema: bool | int) -> int:
+        """-1 for the raw parameters, else an index into config.train.ema_decays (True: the first)."""
+        if ema is True:
+            return 0
+        if ema is False:
+            return -1
+        decays = tuple(self.config.train.ema_decays)
+        if not -1 <= ema < len(decays):
+            raise ValueError(f"ema = {ema}: expected True, False, -1 or an index into the run's ema_decays {decays}")
+        return ema
+
+    def params(self, ema: bool | int = True) -> Any:
+        """The parameters: EMA (True: the first of train.ema_decays; an int picks one) or raw (False or -1).
+        Read from the checkpoint on first use, placed replicated (or FSDP-sharded, as trained) on the mesh."""
+        index = self._ema_index(ema)
+        if index not in self._params:
+            if index == -1:
+                request = {"params": self._abstract.params}
+            else:
+                request = {"ema_params": tuple(tree if i == index else None
+                                               for i, tree in enumerate(self._abstract.ema_params))}
+            restored, _ = self._checkpointer.restore(request, self.step)
+            self._params[index] = restored["params"] if index == -1 else restored["ema_params"][index]
+        return self._params[index]
+
+    def denoiser(self, labels: Any = None, guidance: float = 1.0, *, ema: bool | int = True,
+                 clip_denoised: bool = False):
+        """x0_fn(x_t (B, *example), t (B,)) -> x0_hat (B, *example) in the network's data space ([-1, 1] images),
+        conditioned on `labels` (B,) (class-conditional runs) and guided with scale `guidance`."""
+        if self.experiment.num_classes and labels is None:
+            raise ValueError(f"this run is class-conditional ({self.experiment.num_classes} classes): pass labels")
+        labels = None if labels is None else jax.numpy.asarray(labels, jax.numpy.int32)
+        return generate.make_denoiser(self.experiment, self.params(ema), labels, guidance, clip_denoised)
+
+    def sampler_settings(self, **changes: Any) -> generate.SamplerSettings:
+        """The run's configured sampler (config.sample) with `changes` (method, num_steps, grid, ...) applied."""
+        return generate.SamplerSettings.from_config(self.config.sample, **changes)
+
+    def sample(self, num: int, labels: Sequence[int] | None = None, *, method: str | None = None,
+               steps: int | None = None, grid: str | None = None, guidance: float | None = None, seed: int = 0,
+               options: dict[str, Any] | None = None, ema: bool | int = True, batch_size: int | None = None,
+               raw: bool = False) -> np.ndarray:
+        """`num` samples as numpy: uint8 images (N, H, W, C) or float32 points (N, D); raw=True returns the
+        network's data space instead ([-1, 1] float32 images).
+
+        labels: class of each sample (cycled to `num`), default 0, 1, 2, ...; method, steps, grid, guidance and
+        options default to the run's config.sample; batch_size samples per call (default config.sample.batch_size).
+        """
+        settings = self.sampler_settings(method=method, num_steps=steps, grid=grid, guidance_scale=guidance,
+                                         options=options)
+        samples = generate.generate_samples(
+            self.experiment, self.params(ema), settings, self.mesh, num_samples=num, seed=seed,
+            batch_size=batch_size or self.config.sample.batch_size,
+            labels=generate.sample_labels(num, self.experiment.num_classes, () if labels is None else labels))
+        return samples if raw else generate.to_data_range(samples, self.experiment.is_image)
+
+    def close(self) -> None:
+        self._checkpointer.close()
+
+
+def load_run(workdir: str, step: int | None = None, *, config: ml_collections.ConfigDict | None = None) -> Run:
+    """The run trained in `workdir` at checkpoint `step` (default: the newest).
+
+    config: the run's config with changes already applied (the modes pass the command line's); default: the
+    config the run saved. Its `mesh` section places the parameters (default: all devices).
+    """
+    saved = read_run_file(workdir)
+    if saved is None:
+        raise FileNotFoundError(f"no run in workdir {workdir!r}: it has neither run.json nor checkpoints")
+    config = config if config is not None else saved[0]
+    experiment = build_experiment(config, saved[1])
+    checkpointer = Checkpointer(workdir, max_to_keep=None)
+    step = checkpointer.check_step(step)
+    return Run(workdir, config, experiment, checkpointer, step, parallel.mesh_from_config(config.mesh))
