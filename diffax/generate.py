@@ -88,6 +88,17 @@ def sample_labels(num_samples: int, num_classes: int | None, classes: Sequence[i
     return np.resize(classes, num_samples)
 
 
+def _keys(seed: jax.Array) -> tuple[jax.Array, jax.Array]:
+    noise_key, solver_key = jax.random.split(jax.random.PRNGKey(seed))
+    return noise_key, solver_key
+
+
+def sample_noise(seed: jax.Array, indices: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """The starting noise (B, *shape) of samples number `indices` (B,) of the draw with `seed`."""
+    noise_key = _keys(seed)[0]
+    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(noise_key, i), shape))(indices)
+
+
 def make_generator(experiment: Experiment, settings: SamplerSettings, mesh: Mesh, batch_size: int):
     """A jitted generate(params, seed, indices (B,), labels (B,) or None) -> samples (B, *example), replicated.
 
@@ -99,8 +110,8 @@ def make_generator(experiment: Experiment, settings: SamplerSettings, mesh: Mesh
     shape = experiment.example_shape
 
     def generate(params: Any, seed: jax.Array, indices: jax.Array, labels: jax.Array | None) -> jax.Array:
-        noise_key, solver_key = jax.random.split(jax.random.PRNGKey(seed))
-        noise = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(noise_key, i), shape))(indices)
+        noise = sample_noise(seed, indices, shape)
+        solver_key = _keys(seed)[1]
         keys = jax.vmap(lambda i: jax.random.fold_in(solver_key, i))(indices)
         if batch_size % mesh.devices.size == 0:  # Split the examples over the devices (else replicated work).
             noise = jax.lax.with_sharding_constraint(noise, parallel.batch_sharding(mesh))

@@ -11,7 +11,7 @@ RECIPES = ("toy2d", "digits", "mnist", "cifar10_ddpm", "cifar10_edm", "imagenet6
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipes_and_variants_validate_and_open_with_their_command(recipe):
-    from diffax.train.validate import validate_config
+    from diffax.config_checks import validate_config
 
     module = importlib.import_module(f"configs.{recipe}")
     assert f"python launch.py --config configs/{recipe}.py" in module.__doc__
@@ -32,7 +32,7 @@ def test_recipes_and_variants_validate_and_open_with_their_command(recipe):
     ("mesh.fsdp", 0, r"config.mesh.fsdp = 0"),
 ])
 def test_invalid_values_name_the_key(key, value, message):
-    from diffax.train.validate import validate_config
+    from diffax.config_checks import validate_config
 
     context = {"train.batch_size": {"train.grad_accum_steps": 4}, "train.log_every": {"train.steps_per_dispatch": 2}}
     with pytest.raises(ValueError, match=message):

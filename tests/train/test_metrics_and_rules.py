@@ -15,7 +15,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from diffax.parallel import fsdp_spec
 from diffax.train import metrics
-from diffax.train.bench import parse_example_shape
+from diffax.experiment import parse_shape
 from diffax.train.optimizer import clip_by_global_norm, learning_rate_schedule
 from diffax.train.state import update_ema
 
@@ -112,14 +112,15 @@ def test_clipping_matches_optax(max_norm):
 
 
 def test_bench_example_shape_override():
-    assert parse_example_shape("") is None and parse_example_shape("32,32,4") == (32, 32, 4)
+    assert parse_shape("", "bench.example_shape") is None
+    assert parse_shape("32,32,4", "bench.example_shape") == (32, 32, 4)
     for bad in ("32,x", "0,4", "32,,4"):
         with pytest.raises(ValueError, match="config.bench.example_shape"):
-            parse_example_shape(bad)
+            parse_shape(bad, "bench.example_shape")
 
 
 def test_sampler_denoiser_guidance_and_clipping():
-    from diffax.evaluation.generate import make_denoiser
+    from diffax.generate import make_denoiser
     from diffax.schedules import get_schedule
 
     calls = []
@@ -136,15 +137,12 @@ def test_sampler_denoiser_guidance_and_clipping():
                 return x * (1.0 + labels[:, None])
             return x0_fn
 
-    def sample_config(scale, clip=False):
-        return ml_collections.ConfigDict({"guidance_scale": scale, "clip_denoised": clip})
-
     stub, x, t, labels = Stub(), jnp.ones((2, 4)), jnp.full((2,), 0.5), jnp.array([0, 2])
-    conditional = make_denoiser(stub, None, labels, sample_config(1.0))(x, t)
+    conditional = make_denoiser(stub, None, labels, 1.0)(x, t)
     np.testing.assert_allclose(conditional, x * (1.0 + labels[:, None]))
-    guided = make_denoiser(stub, None, labels, sample_config(2.0))(x, t)  # x0_u + 2 (x0_c - x0_u), x0_u = 4 x.
+    guided = make_denoiser(stub, None, labels, 2.0)(x, t)  # x0_u + 2 (x0_c - x0_u), x0_u = 4 x.
     np.testing.assert_allclose(guided, 4.0 * x + 2.0 * (x * (1.0 + labels[:, None]) - 4.0 * x), rtol=1e-6)
     assert calls == [2, 4]  # Scale 1: one conditional pass; scale 2: conditional and null labels together.
-    clipped = make_denoiser(stub, None, labels, sample_config(2.0, clip=True))(x, t)
+    clipped = make_denoiser(stub, None, labels, 2.0, clip_denoised=True)(x, t)
     np.testing.assert_allclose(clipped, jnp.clip(guided, -1.0, 1.0))
     assert float(jnp.min(guided)) < -1.0  # The clipping did something.

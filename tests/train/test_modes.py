@@ -1,4 +1,5 @@
-"""`sample`, `eval` and `bench` on the tiny variants; `train` then `sample` on the 2-D toy data."""
+"""The modes on a trained run: sample and eval read the run's own config (whatever variant the command line names),
+take only sampling/eval overrides, never open the data set to sample, and name what made each sample file."""
 
 import json
 import os
@@ -12,7 +13,7 @@ from train_helpers import launch, tiny_digits
 
 @pytest.fixture(scope="module")
 def trained(tfds_dir, tmp_path_factory):
-    from diffax.train.loop import train
+    from diffax.modes.train import train
 
     workdir = tmp_path_factory.mktemp("digits_tiny")
     config = tiny_digits(**{"train.ema_decays": (0.9, 0.99)})
@@ -20,7 +21,9 @@ def trained(tfds_dir, tmp_path_factory):
     return config, workdir
 
 
-def test_train_writes_metrics_tensorboard_and_a_grid(trained):
+def test_train_writes_run_file_metrics_tensorboard_and_a_grid(trained):
+    from diffax.run_config import read_run_file
+
     config, workdir = trained
     lines = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert [line["step"] for line in lines] == [2, 4]
@@ -28,29 +31,53 @@ def test_train_writes_metrics_tensorboard_and_a_grid(trained):
     assert len(os.listdir(workdir / "tensorboard")) == 1
     grid = np.asarray(PIL.Image.open(workdir / "samples" / "step_0000004.png"))
     assert grid.ndim == 2 and grid.shape[0] > 32  # 4 samples, one column per class (10), upscaled 8 -> 32.
+    saved, spec = read_run_file(str(workdir))
+    assert saved.to_dict() == config.to_dict() and spec.example_shape == (8, 8, 1) and spec.num_classes == 10
 
 
-def test_sample_mode_writes_png_and_npz_with_guidance(trained):
-    from diffax.evaluation.sample_mode import run_sample
-
-    config, workdir = trained
-    config.sample.update(num_samples=6, batch_size=4, guidance_scale=3.0, method="ddim", num_steps=2, ema_index=1)
-    path = run_sample(config, str(workdir))
-    assert path.endswith("sample_0000004_ddim_2_g3.png") and os.path.exists(path)
-    saved = np.load(path.replace(".png", ".npz"))
-    assert saved["samples"].shape == (6, 8, 8, 1) and np.isfinite(saved["samples"]).all()
-    assert saved["labels"].tolist() == [0, 1, 2, 3, 4, 5]
-
-
-def test_eval_mode_reports_loss_and_bits_per_dim_for_every_parameter_set(trained):
-    from diffax.evaluation.evaluate import run_eval
-
-    config, workdir = trained
-    results = run_eval(config, str(workdir))
+def test_sample_and_eval_with_another_variant_use_the_saved_config_and_never_open_the_data(trained, tmp_path):
+    _, workdir = trained
+    missing = tmp_path / "no_data_here"  # Sampling would prepare the bundled digits here if it opened the data.
+    launch("configs/digits.py", workdir, "--config.sample.method=ddim", "--config.sample.options.eta=1.0",
+           "--config.sample.num_steps=2", "--config.sample.num_samples=6", "--config.sample.batch_size=4",
+           "--config.sample.guidance_scale=3", "--config.sample.ema_index=1", "--config.sample.labels=(3, 5)",
+           "--config.sample.seed=7", f"--config.data.data_dir={missing}", mode="sample")
+    assert not missing.exists()
+    stem = workdir / "samples" / "0000004_ddim-eta1_2-uniform_g3_ema0.99_seed7_n6_labels-3-5"
+    saved = np.load(f"{stem}.npz")
+    assert saved["samples"].shape == (6, 8, 8, 1) and saved["samples"].dtype == np.uint8
+    assert saved["labels"].tolist() == [3, 5, 3, 5, 3, 5] and os.path.exists(f"{stem}.png")
+    launch("configs/digits.py:cpu", workdir, "--config.eval.bpd_examples=2", mode="eval")
+    results = json.load(open(workdir / "eval_0000004.json"))
     names = ("raw", "ema_0.9", "ema_0.99")
-    assert set(results) == {f"eval/{metric}/{name}" for metric in ("loss", "bits_per_dim") for name in names}
-    assert all(np.isfinite(value) and value > 0 for value in results.values())
-    assert json.load(open(workdir / "eval_0000004.json"))["step"] == 4
+    assert set(results) == {"step"} | {f"eval/{metric}/{name}" for metric in ("loss", "bits_per_dim") for name in names}
+    assert all(np.isfinite(results[key]) and results[key] > 0 for key in results)
+
+
+def test_a_loaded_run_refuses_changes_to_what_it_trained(trained):
+    from diffax.run_config import resolve_config
+
+    _, workdir = trained
+    with pytest.raises(ValueError, match=r"\['data.name', 'model.kwargs.channels'\] of the run in .* cannot be "
+                                         r"changed after training"):
+        resolve_config(False, None, str(workdir), {"model.kwargs.channels": "64", "data.name": "mnist5k",
+                                                   "sample.num_steps": "3"})
+    config = resolve_config(False, None, str(workdir), {"sample.num_steps": "3", "model.kwargs.channels": "16"})
+    assert config.sample.num_steps == 3  # Equal values of run keys are fine.
+    with pytest.raises(ValueError, match=r"holds a run trained with other values of \['model.name'"):
+        resolve_config(True, tiny_digits(**{"model.name": "unet_tiny"}), str(workdir), {})
+    with pytest.raises(ValueError, match=r"config.sample.nm_steps does not exist"):
+        resolve_config(False, None, str(workdir), {"sample.nm_steps": "3"})
+
+
+def test_checkpoint_step_is_selectable_and_missing_steps_are_named(trained):
+    from diffax.run import load_run
+
+    _, workdir = trained
+    run = load_run(str(workdir), step=2)
+    assert run.step == 2
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 3 .* its steps are \[2, 4\]"):
+        load_run(str(workdir), step=3)
 
 
 def test_bench_mode_through_launch(tfds_dir, tmp_path):
@@ -67,20 +94,21 @@ def test_bench_mode_through_launch(tfds_dir, tmp_path):
 
 def test_toy2d_trains_and_samples_a_scatter_plot(tmp_path):
     from configs import toy2d
-    from diffax.evaluation.sample_mode import run_sample
-    from diffax.train.loop import train
+    from diffax.modes import sample
+    from diffax.modes.train import train
 
     config = toy2d.get_config("tiny")
     train(config, str(tmp_path))
-    path = run_sample(config, str(tmp_path))
+    path = sample.run(config, str(tmp_path))
     assert np.asarray(PIL.Image.open(path)).shape == (256, 256)
-    assert np.load(path.replace(".png", ".npz"))["samples"].shape == (256, 2)
+    points = np.load(path.replace(".png", ".npz"))["samples"]
+    assert points.shape == (256, 2) and points.dtype == np.float32
 
 
 def test_bf16_compute_keeps_float32_parameters(tfds_dir, tmp_path):
     import jax
 
-    from diffax.train.loop import train
+    from diffax.modes.train import train
 
     state = train(tiny_digits(**{"model.compute_dtype": "bfloat16", "train.num_steps": 2}), str(tmp_path))
     assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype("float32")}

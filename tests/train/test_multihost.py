@@ -43,7 +43,7 @@ def _two_processes(workdir, num_steps: int) -> None:
 
 
 def test_two_processes_train_checkpoint_resume_and_match_one_process(tfds_dir, tmp_path):
-    from diffax.train.loop import train
+    from diffax.modes.train import train
 
     _two_processes(tmp_path / "multi", num_steps=4)
     _two_processes(tmp_path / "multi", num_steps=6)  # Resumes from step 4.

@@ -63,7 +63,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tfds_
     import jax
     import numpy as np
 
-    from diffax.train.loop import NonFiniteLossError, train
+    from diffax.modes.train import NonFiniteLossError, train
 
     good = train(tiny_digits(**{"train.num_steps": 2, "train.checkpoint_every": 2}), str(tmp_path))
     diverging = tiny_digits(**{"train.num_steps": 8, "train.checkpoint_every": 2, "train.log_every": 2,

@@ -11,7 +11,7 @@ import sys
 import jax, numpy as np
 sys.path.insert(0, ".")
 from tests.train.train_helpers import assert_trees_equal, tiny_digits
-from diffax.train.loop import load_checkpoint, train
+from diffax.modes.train import restore_train_state, train
 
 WORKDIR = sys.argv[1]
 
@@ -33,7 +33,7 @@ assert_trees_equal(states["fsdp"].params, states["eight"].params, rtol=1e-3, ato
 assert_trees_equal(states["fsdp"].ema_params, states["one"].ema_params, rtol=1e-3, atol=5e-5)
 for devices in (1, 4):  # Saved on 8 devices, restored bitwise onto fewer.
     config = tiny_digits(**base, **{"mesh.num_devices": devices})
-    _, mesh, restored = load_checkpoint(config, f"{WORKDIR}/eight")
+    _, mesh, restored = restore_train_state(config, f"{WORKDIR}/eight")
     assert mesh.devices.size == devices
     assert {d for leaf in jax.tree.leaves(restored) for d in leaf.sharding.device_set} == set(jax.devices()[:devices])
     assert_trees_equal(jax.device_get(restored), states["eight"])

@@ -40,9 +40,9 @@ def launch(config: str, workdir, *overrides: str, mode: str = "train", devices: 
 
 def load_state(config, workdir):
     """The newest checkpoint's train state as numpy arrays, restored onto this process's devices."""
-    from diffax.train.loop import load_checkpoint
+    from diffax.modes.train import restore_train_state
 
-    return jax.device_get(load_checkpoint(config, str(workdir))[2])
+    return jax.device_get(restore_train_state(config, str(workdir))[2])
 
 
 def tiny_digits(**overrides):
@@ -60,30 +60,26 @@ def tiny_digits(**overrides):
 
 
 def train_on_random_batches(experiment, steps: int):
-    """(train state after `steps` jitted train-step calls on fixed random batches, abstract state), through the
-    packed state as training runs it."""
+    """(train state after `steps` runner calls on fixed random batches, the runner), as training runs them."""
     from diffax import parallel
-    from diffax.train.loop import build_mesh
     from diffax.train.optimizer import make_optimizer
-    from diffax.train.state import abstract_state, create_train_state, state_packing
-    from diffax.train.step import make_train_step
+    from diffax.train.runner import StepRunner
+    from diffax.train.state import config_abstract_state, create_train_state
 
     config = experiment.config
-    mesh = build_mesh(config)
+    mesh = parallel.mesh_from_config(config.mesh)
     optimizer = make_optimizer(config.optim, config.train.num_steps)
-    abstract = abstract_state(experiment, optimizer, mesh, num_ema=len(config.train.ema_decays), fsdp=False,
-                              min_fsdp_size=0)
-    packing = state_packing(abstract, config.train.pack_max_elements)
-    packed = packing.packed(create_train_state(experiment, optimizer, abstract, config.seed))
-    train_step = make_train_step(experiment, optimizer, mesh, packing)
+    abstract = config_abstract_state(experiment, optimizer, mesh)
+    runner = StepRunner(experiment, optimizer, mesh, abstract)
+    held = runner.hold(create_train_state(experiment, optimizer, abstract, config.seed))
     rng = np.random.default_rng(0)
     per_call, batch_size = config.train.steps_per_dispatch, config.train.batch_size
     for _ in range(steps):
         batch = {"image": rng.standard_normal((per_call, batch_size, *experiment.example_shape), np.float32),
                  "label": rng.integers(0, experiment.num_classes or 1, (per_call, batch_size)).astype(np.int32)}
-        packed, _ = train_step(packed, parallel.global_batch(batch, parallel.batch_sharding(mesh, leading_axes=1),
-                                                             example_axis=1))
-    return packing.unpacked(packed), abstract
+        held, _ = runner(held, parallel.global_batch(batch, parallel.batch_sharding(mesh, leading_axes=1),
+                                                     example_axis=1))
+    return runner.state(held), runner
 
 
 def assert_trees_equal(first, second, rtol: float = 0.0, atol: float = 0.0) -> None:
