@@ -64,7 +64,8 @@ def forward_and_backward(forward, backward):
     return jax.jit(fn, in_shardings=(examples,) * 4, out_shardings=(examples,) * 4)
 
 compiled = forward_and_backward(adaln.forward, adaln.backward).lower(x, shift, scale, dy).compile()
-collectives = [op for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute") if op in compiled.as_text()]
+hlo = compiled.as_text()
+collectives = [op for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute") if op in hlo]
 assert not collectives, collectives  # each device normalizes its own examples
 reference = forward_and_backward(adaln.forward_reference, adaln.backward_reference)(x, shift, scale, dy)
 for ours, theirs in zip(compiled(x, shift, scale, dy), reference, strict=True):
