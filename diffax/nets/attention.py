@@ -1,9 +1,9 @@
 """Multi-head self- and cross-attention through `jax.nn.dot_product_attention`.
 
-`implementation`: 'xla' is the portable reference; 'cudnn' the fused flash-attention kernel on NVIDIA GPUs (bf16 or
-fp16 compute, head_dim <= 128 and a multiple of 8), which never stores the (T, S) attention matrix; None picks
-cuDNN where it applies and XLA elsewhere (JAX's own None means XLA). Both compute the softmax in float32 for bf16
-inputs, as EDM's AttentionOp does by hand.
+`implementation`: 'xla' is the portable reference; 'cudnn' the fused flash-attention kernel on NVIDIA GPUs, which
+never stores the (T, S) attention matrix; None picks cuDNN where it applies (`choose_implementation`) and XLA
+elsewhere (JAX's own None means XLA). Both compute the softmax in float32 for bf16 inputs, as EDM's AttentionOp
+does by hand.
 """
 
 from __future__ import annotations
@@ -21,13 +21,19 @@ from diffax.nets.layers import DENSE, Dtype, group_norm, split_xavier_init, xavi
 AttentionImplementation = Literal["xla", "cudnn"] | None
 
 
-def choose_implementation(implementation: AttentionImplementation, q: jax.Array) -> str:
-    """`implementation`, or for None: 'cudnn' on a GPU backend for bf16/fp16 q (B, T, heads, head_dim) with
-    head_dim <= 128 and a multiple of 8, else 'xla'."""
+def choose_implementation(implementation: AttentionImplementation, q: jax.Array, k: jax.Array) -> str:
+    """`implementation`, or for None: 'cudnn' where JAX's cuDNN flash attention takes q (B, T, heads, head_dim) and
+    k (B, S, heads, head_dim) forward and backward, else 'xla'.
+
+    cuDNN applies on a GPU backend to bf16/fp16 inputs with head_dim <= 128 and a multiple of 8, and T and S even:
+    JAX's cuDNN backward refuses odd lengths ("Unsupported sequence length Q 49, KV 49" for a 7x7 token grid), and
+    whether the call will be differentiated is not known here.
+    """
     if implementation is not None:
         return implementation
-    head_dim = q.shape[-1]
-    cudnn_ok = q.dtype in (jnp.bfloat16, jnp.float16) and head_dim <= 128 and head_dim % 8 == 0
+    head_dim, queries, keys = q.shape[-1], q.shape[1], k.shape[1]
+    cudnn_ok = (q.dtype in (jnp.bfloat16, jnp.float16) and head_dim <= 128 and head_dim % 8 == 0
+                and queries % 2 == 0 and keys % 2 == 0)
     return "cudnn" if cudnn_ok and jax.default_backend() == "gpu" else "xla"
 
 
@@ -37,8 +43,8 @@ class Attention(nn.Module):
     Self-attention when `context` is None; cross-attention of the tokens on `context` otherwise (q from x, k and v
     from context; Rombach et al. 2022). q, k and v are three Dense layers initialized as blocks of one fused
     Xavier-uniform qkv (or kv) projection, as DDPM, ADM and DiT fuse them. Separate layers rather than slices of one
-    fused product: a slice copies the output (7% of a DiT-XL/2 step), and a slice of a fused bias is no
-    cuBLASLt bias epilogue (the q/k/v bias adds took 8.7 ms of a 425 ms DiT-XL/2 step on an H100).
+    fused product: a slice copies the output, and each separate bias can be fused into its matrix product's
+    epilogue, which a slice of a fused bias cannot.
 
     Attributes:
       num_heads: heads; the width of x must be divisible by it.
@@ -68,7 +74,7 @@ class Attention(nn.Module):
             k, v = (fused(name=name)(context) for name in "kv")
         # (B, T, heads, head_dim), named for remat's "dense" policy
         q, k, v = (checkpoint_name(a, DENSE).reshape(*a.shape[:2], self.num_heads, -1) for a in (q, k, v))
-        out = jax.nn.dot_product_attention(q, k, v, implementation=choose_implementation(self.implementation, q))
+        out = jax.nn.dot_product_attention(q, k, v, implementation=choose_implementation(self.implementation, q, k))
         out_init = zero_init if self.zero_output else xavier_init
         return checkpoint_name(dense(kernel_init=out_init, name="out")(out.reshape(batch, length, features)), DENSE)
 

@@ -13,13 +13,14 @@ on any resolution; sizes not divisible by the patch size are zero-padded and cro
 Sizes (Table 1 of the paper): S (12 layers, 384 wide, 6 heads), B (12, 768, 12), L (24, 1024, 16),
 XL (28, 1152, 16); patch size 2, 4 or 8.
 
-The adaLN and the MLP's GELU have hand-written backward passes (`diffax.nets.lean_grads`), which made the DiT-XL/2
-train step 2.8% faster than autodiff's on an H100, side by side (benchmarks/NOTES.md, v4).
+The adaLN and the MLP's GELU have hand-written backward passes (`diffax.nets.lean_grads`): autodiff's write
+intermediates that the backward reads back. The adaLN runs as XLA's formulas unless `norm_implementation='pallas'`
+asks for the Pallas kernels (`diffax.kernels.adaln`).
 
 The residual stream is kept in the compute dtype and each branch is rounded to it before the add:
 x + (gate * h).astype(dtype). Rounding the sum instead, (x + gate * h).astype(dtype) with a float32 gate, lets
 XLA (which allows excess precision) skip the round trip through bf16 and carry the float32 sum from block to
-block, writing a float32 copy of the stream beside the bf16 one in every block: 2.3% of a DiT-XL/2 step (v6).
+block, writing a float32 copy of the stream beside the bf16 one in every block.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from diffax.nets.attention import Attention, AttentionImplementation
 from diffax.nets.embeddings import ConditioningEmbedding, EmbeddingType, sincos_2d_positions, split_condition
-from diffax.nets.lean_grads import NormImplementation, choose_norm_implementation, gelu_tanh, modulated_layer_norm
+from diffax.nets.lean_grads import NormImplementation, gelu_tanh, modulated_layer_norm
 from diffax.nets.layers import (DENSE, NORMALIZED, Dtype, PatchEmbed, maybe_remat, pad_to_multiple, xavier_init,
                                 zero_init)
 
@@ -44,7 +45,7 @@ class DiTBlock(nn.Module):
     num_heads: int
     mlp_ratio: float = 4.0
     attention_implementation: AttentionImplementation = None
-    norm_implementation: NormImplementation = None
+    norm_implementation: NormImplementation = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -59,8 +60,7 @@ class DiTBlock(nn.Module):
         shift_1, scale_1, gate_1, shift_2, scale_2, gate_2 = jnp.split(modulation, 6, axis=-1)
 
         def adaln(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
-            normalized = modulated_layer_norm(x, shift, scale, 1e-6, self.dtype,
-                                              choose_norm_implementation(self.norm_implementation))
+            normalized = modulated_layer_norm(x, shift, scale, 1e-6, self.dtype, self.norm_implementation)
             return checkpoint_name(normalized, NORMALIZED)
 
         x = x + (gate_1[:, None] * attention()(adaln(x, shift_1, scale_1))).astype(self.dtype)
@@ -86,7 +86,8 @@ class DiT(nn.Module):
       remat: False, 'full' (or True), or what to keep, e.g. 'dots' or 'dense+attention+norms' (see
         `maybe_remat`; the named outputs are the dense layers' (bias added) and the adaLN outputs).
       attention_implementation: 'xla', 'cudnn' or None (cuDNN where it applies; see diffax.nets.attention).
-      norm_implementation: adaLN as 'xla', 'pallas' or None (Pallas kernels on GPUs; see diffax.nets.lean_grads).
+      norm_implementation: adaLN as 'xla' (XLA's fusions of the formulas) or 'pallas' (one Pallas kernel each way,
+        `diffax.kernels.adaln`; a recipe opts in where it measures faster).
       dtype, param_dtype: compute and parameter dtypes.
     """
 
@@ -103,7 +104,7 @@ class DiT(nn.Module):
     out_channels: int | None = None
     remat: bool | str = False
     attention_implementation: AttentionImplementation = None
-    norm_implementation: NormImplementation = None
+    norm_implementation: NormImplementation = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -137,8 +138,7 @@ class DiT(nn.Module):
         modulation = nn.Dense(2 * self.hidden_size, kernel_init=zero_init, param_dtype=self.param_dtype,
                               name="head_modulation")(c)
         shift, scale = jnp.split(modulation, 2, axis=-1)
-        tokens = modulated_layer_norm(tokens, shift, scale, 1e-6, self.dtype,
-                                      choose_norm_implementation(self.norm_implementation))
+        tokens = modulated_layer_norm(tokens, shift, scale, 1e-6, self.dtype, self.norm_implementation)
         patches = nn.Dense(p * p * out_channels, kernel_init=zero_init, name="head", **precision)(tokens)
         out = patches.reshape(batch, grid_h, grid_w, p, p, out_channels).transpose(0, 1, 3, 2, 4, 5)
         out = out.reshape(batch, grid_h * p, grid_w * p, out_channels)

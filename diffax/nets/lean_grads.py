@@ -1,10 +1,10 @@
 """Transformer pieces whose backward pass is written by hand to move fewer bytes than autodiff's.
 
-In a DiT-XL/2 train step on an H100 the matrix products run near peak; what is left is memory traffic of
-elementwise work over (B, N, D) and (B, N, 4D) activations. Autodiff of the two pieces below made XLA write
-intermediates it then read back (the tanh of the GELU as its own (B, N, 4D) array; the layer norm's backward spread
-over eight kernels). Written by hand, each backward is a few fused passes over its inputs; the formulas are the
-textbook derivatives, checked against autodiff in tests/nets/test_lean_grads.py.
+In a DiT train step on a GPU the matrix products run near peak; what is left is memory traffic of elementwise work
+over (B, N, D) and (B, N, 4D) activations. Autodiff of the two pieces below makes XLA write intermediates it then
+reads back (the tanh of the GELU as its own (B, N, 4D) array; the layer norm's backward spread over several
+kernels). Written by hand, each backward is a few fused passes over its inputs; the formulas are the textbook
+derivatives, checked against autodiff in tests/nets/test_lean_grads.py.
 
     gelu_tanh(x)            = x/2 (1 + tanh(u)),  u = c (x + 0.044715 x^3),  c = sqrt(2/pi)
       backward              dx = dy ((1 + t)/2 + x/2 (1 - t^2) c (1 + 3 * 0.044715 x^2)),  t = tanh(u)
@@ -13,10 +13,9 @@ textbook derivatives, checked against autodiff in tests/nets/test_lean_grads.py.
                             dshift = sum_N dy;  dscale = sum_N dy xhat
 
 Both compute in float32 whatever the input dtype and return the input's dtype (the layer norm: `dtype`).
-The layer norm has two implementations of the same formulas: 'xla' (jnp, fused by XLA) and 'pallas' (one GPU
-kernel each way, `diffax.nets.norm_kernels`; interpreted off GPUs); None picks 'pallas' on a GPU backend. 'pallas'
-falls back to the XLA formulas for arrays of 2**31 elements or more (as traced, i.e. the global batch under jit
-over a Mesh), which the kernels' int32 offsets cannot address.
+The layer norm's formulas and their Pallas kernels live in `diffax.kernels.adaln`: implementation 'xla' (the
+default) runs the formulas, 'pallas' the kernels (interpreted off GPUs), except on arrays of 2**31 elements or more
+(as traced, i.e. the global batch under jit over a Mesh), which the kernels' int32 offsets cannot address.
 """
 
 from __future__ import annotations
@@ -29,10 +28,11 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from diffax.nets import norm_kernels
+from diffax.kernels import adaln
 from diffax.nets.layers import NORMALIZED, Dtype
 
-NormImplementation = Literal["xla", "pallas"] | None
+NormImplementation = Literal["xla", "pallas"]
+NORM_IMPLEMENTATIONS = ("xla", "pallas")
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
@@ -58,23 +58,6 @@ def _gelu_tanh_bwd(x: jax.Array, dy: jax.Array) -> tuple[jax.Array]:
 gelu_tanh.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
 
 
-def _layer_norm_stats(x: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
-    """Mean and 1/std over the last axis in float32, one pass: (..., D) -> (..., 1), (..., 1)."""
-    xf = x.astype(jnp.float32)
-    mean = jnp.mean(xf, axis=-1, keepdims=True)
-    var = jnp.maximum(jnp.mean(xf * xf, axis=-1, keepdims=True) - mean * mean, 0.0)
-    return mean, jax.lax.rsqrt(var + eps)
-
-
-def choose_norm_implementation(implementation: NormImplementation) -> str:
-    """`implementation`, or for None: 'pallas' on a GPU backend, else 'xla'."""
-    if implementation is None:
-        return "pallas" if jax.default_backend() == "gpu" else "xla"
-    if implementation not in ("xla", "pallas"):
-        raise ValueError(f"norm_implementation {implementation!r}: use 'xla', 'pallas' or None")
-    return implementation
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def modulated_layer_norm(x: jax.Array, shift: jax.Array, scale: jax.Array, eps: float, dtype: Dtype,
                          implementation: str = "xla") -> jax.Array:
@@ -88,16 +71,14 @@ def modulated_layer_norm(x: jax.Array, shift: jax.Array, scale: jax.Array, eps: 
 
 
 def _uses_kernels(implementation: str, x: jax.Array) -> bool:
-    return implementation == "pallas" and norm_kernels.supports(x)
+    if implementation not in NORM_IMPLEMENTATIONS:
+        raise ValueError(f"norm_implementation {implementation!r}: use 'xla' (the default) or 'pallas'")
+    return implementation == "pallas" and adaln.supports(x)
 
 
 def _modulated_layer_norm_fwd(x, shift, scale, eps, dtype, implementation):
-    if _uses_kernels(implementation, x):
-        y, mean, rstd = norm_kernels.modulated_layer_norm_forward(x, shift, scale, eps, dtype)
-    else:
-        mean, rstd = _layer_norm_stats(x, eps)
-        xhat = (x.astype(jnp.float32) - mean) * rstd
-        y = (xhat * (1 + scale[:, None].astype(jnp.float32)) + shift[:, None].astype(jnp.float32)).astype(dtype)
+    forward = adaln.forward if _uses_kernels(implementation, x) else adaln.forward_reference
+    y, mean, rstd = forward(x, shift, scale, eps, dtype)
     mean, rstd = checkpoint_name(mean, NORMALIZED), checkpoint_name(rstd, NORMALIZED)
     return y, (x, mean, rstd, shift, scale)
 
@@ -105,16 +86,9 @@ def _modulated_layer_norm_fwd(x, shift, scale, eps, dtype, implementation):
 def _modulated_layer_norm_bwd(eps, dtype, implementation, residuals, dy):
     del eps, dtype
     x, mean, rstd, shift, scale = residuals
-    if _uses_kernels(implementation, x):
-        dx, dshift, dscale = norm_kernels.modulated_layer_norm_backward(x, dy, mean, rstd, scale)
-        return dx, dshift.astype(shift.dtype), dscale.astype(scale.dtype)
-    dy = dy.astype(jnp.float32)
-    xhat = (x.astype(jnp.float32) - mean) * rstd
-    g = dy * (1 + scale[:, None].astype(jnp.float32))
-    dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True) - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True))
-    dshift = jnp.sum(dy, axis=1).astype(shift.dtype)
-    dscale = jnp.sum(dy * xhat, axis=1).astype(scale.dtype)
-    return dx.astype(x.dtype), dshift, dscale
+    backward = adaln.backward if _uses_kernels(implementation, x) else adaln.backward_reference
+    dx, dshift, dscale = backward(x, dy, mean, rstd, scale)
+    return dx, dshift.astype(shift.dtype), dscale.astype(scale.dtype)
 
 
 modulated_layer_norm.defvjp(_modulated_layer_norm_fwd, _modulated_layer_norm_bwd)

@@ -1,4 +1,6 @@
-"""Hand-written backward passes (diffax.nets.lean_grads) against autodiff of the same formulas and flax's layers."""
+"""Hand-written backward passes (diffax.nets.lean_grads) against autodiff of the same formulas and flax's layers.
+
+The Pallas kernels against their reference formulas: tests/kernels/test_adaln.py."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffax.nets.lean_grads import choose_norm_implementation, gelu_tanh, modulated_layer_norm
+from diffax.nets import DiT
+from diffax.nets.lean_grads import gelu_tanh, modulated_layer_norm
 
 
 def reference_adaln(x, shift, scale, eps):
@@ -31,10 +34,9 @@ def test_gelu_tanh_bfloat16_gradient_is_float32_math_rounded_once():
     np.testing.assert_allclose(dx.astype(jnp.float32), exact, rtol=2**-8, atol=1e-6)
 
 
-# A large mean tests the one-pass variance of 'xla'. The Pallas kernels run interpreted here; (3, 128, 24) gives
-# them several rows a program, a row length that is not a power of two and several partial sums an example.
+# A large mean tests the one-pass variance of 'xla'. The Pallas kernels run interpreted here.
 @pytest.mark.parametrize("implementation, offset, shape", [
-    ("xla", 0.0, (2, 5, 16)), ("xla", 30.0, (2, 5, 16)), ("pallas", 30.0, (2, 5, 16)), ("pallas", 0.0, (3, 128, 24))])
+    ("xla", 0.0, (2, 5, 16)), ("xla", 30.0, (2, 5, 16)), ("pallas", 30.0, (2, 5, 16))])
 def test_modulated_layer_norm_matches_flax_value_and_gradients(implementation, offset, shape):
     kx, ks, kc, kg = jax.random.split(jax.random.key(0), 4)
     x = offset + 3 * jax.random.normal(kx, shape)
@@ -69,7 +71,6 @@ def test_modulated_layer_norm_keeps_input_dtype_in_gradient_and_returns_dtype(im
     assert (out.dtype, dx.dtype, dshift.dtype, dscale.dtype) == (jnp.bfloat16, jnp.bfloat16, jnp.float32, jnp.float32)
 
 
-
 @pytest.mark.parametrize("shape, kernels", [((2, 8, 16), True), ((2**16, 2**8, 2**7), False)])  # 2**31 elements
 def test_pallas_layer_norm_uses_xla_formulas_beyond_int32_offsets(shape, kernels):
     x = jax.ShapeDtypeStruct(shape, jnp.bfloat16)
@@ -79,8 +80,9 @@ def test_pallas_layer_norm_uses_xla_formulas_beyond_int32_offsets(shape, kernels
     assert ("custom_partitioning" in jaxpr) == kernels
 
 
-def test_norm_implementation_choice_and_bad_value():
-    assert choose_norm_implementation(None) == ("pallas" if jax.default_backend() == "gpu" else "xla")
-    assert choose_norm_implementation("pallas") == "pallas"
-    with pytest.raises(ValueError, match="'triton'"):
-        choose_norm_implementation("triton")
+@pytest.mark.parametrize("implementation", ["triton", None])
+def test_norm_implementation_defaults_to_xla_and_rejects_other_values(implementation):
+    assert DiT().norm_implementation == "xla"  # the Pallas kernels only where a recipe asks for them
+    shift = jnp.zeros((1, 8))
+    with pytest.raises(ValueError, match=f"norm_implementation {implementation!r}"):
+        modulated_layer_norm(jnp.zeros((1, 2, 8)), shift, shift, 1e-6, jnp.float32, implementation)

@@ -52,16 +52,23 @@ def test_split_xavier_init_is_a_block_of_the_fused_xavier_matrix():
 
 
 def test_attention_implementation_choice(monkeypatch):
-    def q(dtype, head_dim):
-        return jnp.zeros((1, 4, 2, head_dim), dtype)
+    def tokens(dtype, head_dim, length=4):
+        return jnp.zeros((1, length, 2, head_dim), dtype)
 
-    assert attention_lib.choose_implementation("cudnn", q(jnp.float32, 256)) == "cudnn"  # Explicit wins.
-    assert attention_lib.choose_implementation(None, q(jnp.bfloat16, 64)) == "xla"  # This machine has no GPU.
+    def choose(implementation, q, k=None):
+        return attention_lib.choose_implementation(implementation, q, q if k is None else k)
+
+    assert choose("cudnn", tokens(jnp.float32, 256)) == "cudnn"  # Explicit wins.
+    assert choose(None, tokens(jnp.bfloat16, 64)) == "xla"  # This machine has no GPU.
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert attention_lib.choose_implementation(None, q(jnp.bfloat16, 72)) == "cudnn"  # DiT-XL/2 heads.
-    assert attention_lib.choose_implementation(None, q(jnp.float16, 128)) == "cudnn"
+    assert choose(None, tokens(jnp.bfloat16, 72, 256)) == "cudnn"  # DiT-XL/2 heads and tokens.
+    assert choose(None, tokens(jnp.float16, 128)) == "cudnn"
+    assert choose(None, tokens(jnp.bfloat16, 64, 256), tokens(jnp.bfloat16, 64, 78)) == "cudnn"  # cross-attention
     for dtype, head_dim in ((jnp.float32, 64), (jnp.bfloat16, 256), (jnp.bfloat16, 20)):
-        assert attention_lib.choose_implementation(None, q(dtype, head_dim)) == "xla"
+        assert choose(None, tokens(dtype, head_dim)) == "xla"
+    # JAX's cuDNN backward refuses odd sequence lengths (a 7x7 token grid: "Unsupported sequence length Q 49, KV 49").
+    assert choose(None, tokens(jnp.bfloat16, 64, 49)) == "xla"
+    assert choose(None, tokens(jnp.bfloat16, 64, 256), tokens(jnp.bfloat16, 64, 77)) == "xla"
 
 
 def test_self_attention_is_permutation_equivariant():

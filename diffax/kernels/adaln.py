@@ -1,20 +1,27 @@
-"""The modulated layer norm (DiT's adaLN) as two Pallas GPU (Triton) kernels: one pass forward, one pass backward.
+"""DiT's modulated layer norm (adaLN): the XLA reference formulas and two Pallas GPU (Triton) kernels of them.
 
-XLA splits a layer norm into a statistics reduction and a normalizing pass and, for a bfloat16 input, writes a
-float32 copy of the input between them; its backward spreads over several kernels. Each kernel here reads its
-inputs once and writes its outputs once, holding a few rows (D features each) in registers:
+    forward   y = xhat (1 + scale) + shift,  xhat = (x - mean) rstd,  rstd = 1 / sqrt(var + eps)
+    backward  g = dy (1 + scale);  dx = rstd (g - mean_D(g) - xhat mean_D(g xhat));
+              dshift = sum_N dy;  dscale = sum_N dy xhat
 
-    forward   x (M, D), shift and scale (B, D)  ->  y = xhat (1 + scale) + shift,  mean (M,), rstd (M,)
+x and dy (B, N, D), shift and scale (B, D); mean and rstd (B, N, 1); float32 math whatever the input dtype.
+`forward_reference` and `backward_reference` are the formulas in jnp (XLA fuses them; the default everywhere);
+`forward` and `backward` compute the same as one kernel each way, and are tested against the references.
+
+Why kernels: XLA splits a layer norm into a statistics reduction and a normalizing pass and, for a bfloat16 input,
+writes a float32 copy of the input between them; its backward spreads over several kernels. Each kernel here reads
+its inputs once and writes its outputs once, holding a few rows (D features each) in registers:
+
+    forward   x (M, D), shift and scale (B, D)  ->  y (M, D), mean (M,), rstd (M,)
     backward  x, dy (M, D), mean, rstd         ->  dx (M, D),  dshift and dscale partial sums (M / R, D)
 
-M = B * N rows (N tokens per example), R rows a program. The formulas are those of `diffax.nets.lean_grads`;
-float32 math, two-pass (centred) variance in registers. Row lengths that are not powers of two (DiT-XL's 1152)
-are padded to one inside the kernel with masked loads. `interpret=True` runs the same kernels on any backend
-(slowly; the tests do this on a CPU).
+M = B * N rows, R rows a program; two-pass (centred) variance in registers. Row lengths that are not powers of two
+(DiT-XL's 1152) are padded to one inside the kernel with masked loads. `interpret=True` runs the same kernels on
+any backend (slowly; the tests do this on a CPU).
 
 Under a jit over a device `Mesh`, XLA cannot partition a kernel (a custom call) and would gather the whole batch
 onto every device; `custom_partitioning` tells it that examples are independent, so each device normalizes its
-own (tests/train/test_sharding.py checks that no collective remains).
+own (tests/kernels/test_adaln.py checks that no collective remains).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as pltriton
 from jax.sharding import NamedSharding, PartitionSpec
 
-# Tuned on an H100 at DiT-XL/2's (256, 256, 1152) in bfloat16 (benchmarks/NOTES.md, v5).
+# The best of a sweep at DiT-XL/2's (256, 256, 1152) in bfloat16 (benchmarks/NOTES.md has the sweep).
 _FORWARD_ROWS = 2  # rows a forward program normalizes
 _BACKWARD_ROWS = 64  # rows a backward program reduces into one partial sum of dshift and dscale
 _CHUNK_ROWS = 1  # rows a backward program holds in registers at once
@@ -41,6 +48,29 @@ def _rows_dividing(tokens: int, most: int) -> int:
     while tokens % rows:
         rows //= 2
     return rows
+
+
+def forward_reference(x: jax.Array, shift: jax.Array, scale: jax.Array, eps: float,
+                      dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The forward formula in jnp: x (B, N, D), shift and scale (B, D) -> y (B, N, D) in `dtype`, mean and rstd
+    (B, N, 1) float32 (one-pass variance, clipped at zero)."""
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    var = jnp.maximum(jnp.mean(xf * xf, axis=-1, keepdims=True) - mean * mean, 0.0)
+    rstd = jax.lax.rsqrt(var + eps)
+    y = (xf - mean) * rstd * (1 + scale[:, None].astype(jnp.float32)) + shift[:, None].astype(jnp.float32)
+    return y.astype(dtype), mean, rstd
+
+
+def backward_reference(x: jax.Array, dy: jax.Array, mean: jax.Array, rstd: jax.Array,
+                       scale: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The backward formula in jnp: x, dy (B, N, D), mean and rstd (B, N, 1), scale (B, D) -> dx (B, N, D) in x's
+    dtype, dshift and dscale (B, D) float32."""
+    dy = dy.astype(jnp.float32)
+    xhat = (x.astype(jnp.float32) - mean) * rstd
+    g = dy * (1 + scale[:, None].astype(jnp.float32))
+    dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True) - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True))
+    return dx.astype(x.dtype), jnp.sum(dy, axis=1), jnp.sum(dy * xhat, axis=1)
 
 
 def supports(x: jax.Array) -> bool:
@@ -184,15 +214,16 @@ def _interpret(interpret: bool | None) -> bool:
     return jax.default_backend() != "gpu" if interpret is None else interpret
 
 
-def modulated_layer_norm_forward(x: jax.Array, shift: jax.Array, scale: jax.Array, eps: float, dtype,
-                                 interpret: bool | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """x (B, N, D), shift and scale (B, D) -> y (B, N, D) in `dtype`, mean and rstd (B, N, 1) float32."""
+def forward(x: jax.Array, shift: jax.Array, scale: jax.Array, eps: float, dtype,
+            interpret: bool | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`forward_reference` as one kernel: x (B, N, D), shift and scale (B, D) -> y (B, N, D) in `dtype`, mean and
+    rstd (B, N, 1) float32. x must pass `supports`."""
     y, mean, rstd = _forward(x, shift, scale, eps, dtype, _interpret(interpret))
     return y, mean[..., None], rstd[..., None]
 
 
-def modulated_layer_norm_backward(x: jax.Array, dy: jax.Array, mean: jax.Array, rstd: jax.Array, scale: jax.Array,
-                                  interpret: bool | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """x, dy (B, N, D), mean and rstd (B, N, 1), scale (B, D) -> dx (B, N, D) in x's dtype, dshift and dscale
-    (B, D) float32."""
+def backward(x: jax.Array, dy: jax.Array, mean: jax.Array, rstd: jax.Array, scale: jax.Array,
+             interpret: bool | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`backward_reference` as one kernel: x, dy (B, N, D), mean and rstd (B, N, 1), scale (B, D) -> dx (B, N, D)
+    in x's dtype, dshift and dscale (B, D) float32. x must pass `supports`."""
     return _backward(x, dy, mean[..., 0], rstd[..., 0], scale, _interpret(interpret))
