@@ -14,7 +14,7 @@ grows with the records in the file, and TFDS cuts a split into files of 64 MiB t
 make one file at 32x32, as CIFAR-10's train split is, and 4 files of 12,500 at 64x64, near the ~10,000 per file that
 TFDS's sizing rule gives imagenet_resized/64x64.
 
-For each worker count, the iterator is the one training builds (`diffax.train.setup.make_iterator`: the train split,
+For each worker count, the iterator is the one training builds (`diffax.experiment.make_iterator`: the train split,
 random flips, endless epochs, this JAX process's shard). First-batch seconds run from `make_dataset` to the first
 batch (opening the data set and starting the workers included). Then --warmup batches drain what the read-ahead
 (8 batches per worker, or in this process) buffered while the first batch was on its way, and --batches batches

@@ -22,10 +22,11 @@ import jax
 import jax.numpy as jnp
 
 from configs import cifar10_ddpm
-from diffax.train.bench import bench_experiment
-from diffax.train.loop import build_mesh
+from diffax import parallel
+from diffax.modes.bench import bench_experiment
 from diffax.train.optimizer import make_optimizer
-from diffax.train.state import abstract_state, create_train_state, state_packing
+from diffax.train.packing import Packing
+from diffax.train.state import abstract_state, create_train_state
 
 
 def update(tree):
@@ -66,16 +67,15 @@ def seconds(fn, x, calls: int) -> tuple[float, object]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--max_elements", type=int, default=None, help="default: the config's")
+    parser.add_argument("--max_elements", type=int, default=65536)
     args = parser.parse_args()
     config = cifar10_ddpm.get_config("")
     config.model.compute_dtype = "bfloat16"
     experiment = bench_experiment(config)
-    mesh = build_mesh(config)
+    mesh = parallel.mesh_from_config(config.mesh)
     optimizer = make_optimizer(config.optim, config.train.num_steps)
     abstract = abstract_state(experiment, optimizer, mesh, num_ema=1, fsdp=False, min_fsdp_size=0)
-    max_elements = config.train.pack_max_elements if args.max_elements is None else args.max_elements
-    packing = state_packing(abstract, max_elements)
+    packing = Packing.of(abstract, args.max_elements)
     state = create_train_state(experiment, optimizer, abstract, config.seed)
     print(f"{jax.devices()[0].device_kind}: {len(jax.tree.leaves(state))} arrays, packed {packing.num_arrays} "
           f"(max_elements {max_elements})")

@@ -60,12 +60,12 @@ def main(argv):
         return
     import jax
 
-    from diffax.train.bench import bench_experiment, prepare_train
-    from diffax.train.loop import build_mesh
+    from diffax import parallel
+    from diffax.modes.bench import bench_experiment, prepare_train
 
     config = _CONFIG.value
     experiment = bench_experiment(config)
-    mesh = build_mesh(config)
+    mesh = parallel.mesh_from_config(config.mesh)
     batch_size = config.bench.batch_size or config.train.batch_size
     _, train_step, packed, batches, _ = prepare_train(experiment, mesh, batch_size)
     for _ in range(3):  # Warm-up.
