@@ -134,7 +134,7 @@ def write_run_file(workdir: str, config: ml_collections.ConfigDict, spec: DataSp
     record = {"config": json.loads(config.to_json()), "data_spec": spec.to_dict(), "diffax_version": __version__}
     temporary = path.parent / (RUN_FILE + ".tmp")
     temporary.write_text(json.dumps(record, indent=1))
-    temporary.rename(path)
+    temporary.replace(path)
 
 
 def read_run_file(workdir: str) -> tuple[ml_collections.ConfigDict, DataSpec | None] | None:
