@@ -25,11 +25,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DDPM = ["configs/cifar10_ddpm.py", "--config.model.compute_dtype=bfloat16", "--config.sample.method=ddim",
         "--config.sample.grid=trailing", "--config.bench.sample_steps=50"]
 # DiT-XL/2 opts in to the Pallas adaLN kernels, which measured faster than XLA's adaLN here (benchmarks/NOTES.md).
-# The kwargs are given whole: imagenet64's UNet kwargs have no norm_implementation key to override.
+# The kwargs are given whole, replacing imagenet64's UNet kwargs.
 DIT = ["configs/imagenet64.py", "--config.model.name=dit_xl_2",
        "--config.model.kwargs={'out_channels': 4, 'remat': 'dense+attention+norms', 'norm_implementation': 'pallas'}",
-       "--config.bench.example_shape=32,32,4", "--config.sample.method=ddim", "--config.sample.guidance_scale=1.0",
-       "--config.bench.sample_steps=50"]
+       "--config.train.cast_params=True", "--config.bench.example_shape=32,32,4", "--config.sample.method=ddim",
+       "--config.sample.guidance_scale=1.0", "--config.bench.sample_steps=50"]
 # name: (config and overrides, per-device train batch, sample batch)
 CASES = {
     "ddpm_b128": (DDPM, 128, 1024),

@@ -67,14 +67,14 @@ def main(argv):
     experiment = bench_experiment(config)
     mesh = parallel.mesh_from_config(config.mesh)
     batch_size = config.bench.batch_size or config.train.batch_size
-    _, train_step, packed, batches, _ = prepare_train(experiment, mesh, batch_size)
+    _, train_step, held, batches, _ = prepare_train(experiment, mesh, batch_size)
     for _ in range(3):  # Warm-up.
-        packed, _ = train_step(packed, batches)
-    jax.block_until_ready(packed)
+        held, _ = train_step(held, batches)
+    jax.block_until_ready(held)
     with jax.profiler.trace(_OUT.value, create_perfetto_trace=True):
         for _ in range(_STEPS.value):
-            packed, _ = train_step(packed, batches)
-        jax.block_until_ready(packed)
+            held, _ = train_step(held, batches)
+        jax.block_until_ready(held)
     trace_file = max(glob.glob(os.path.join(_OUT.value, "**", "perfetto_trace.json.gz"), recursive=True))
     print("trace:", trace_file)
     summarize(trace_file, _STEPS.value * config.train.steps_per_dispatch, _TOP.value)

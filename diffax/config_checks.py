@@ -28,7 +28,7 @@ POSITIVE = ("diffusion.sigma_data", "optim.learning_rate", "train.batch_size", "
             "train.keep_checkpoints", "sample.num_steps", "sample.num_samples", "sample.batch_size",
             "eval.batch_size", "eval.num_batches", "eval.bpd_examples", "bench.steps", "bench.sample_steps")
 NON_NEGATIVE = ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip_norm", "optim.eps",
-                "train.sample_every", "train.pack_max_elements", "sample.guidance_scale", "sample.seed")
+                "train.sample_every", "sample.guidance_scale", "sample.seed")
 FRACTIONS = ("optim.b1", "optim.b2", "optim.end_learning_rate_fraction")
 
 

@@ -5,8 +5,8 @@ Reports (to the log, stdout and WORKDIR/bench.json):
                 MFU = 3 * forward FLOPs per example * examples/s / (devices * peak FLOP/s per device)
             (a training step costs about 3 forward passes: the forward, and the backward's two products per layer),
             the host's time to launch one call (train.steps_per_dispatch steps) onto idle devices (wall time until
-            the call returns, median of 5) and the number of arrays the call takes as the train state: the host
-            limits the rate where launching a call takes about as long as running it;
+            the call returns, median of 5) and the number of arrays the call takes and returns as the train state:
+            the host limits the rate where launching a call takes about as long as running it;
   denoiser: ms per call of the sampler's denoiser on a batch of sample.batch_size, and examples/s;
   sampler:  ms per step of a `bench.sample_steps`-step run of sample.method, and its ratio to one denoiser call
             (1 + the sampler's own overhead for one-evaluation solvers such as DDIM);

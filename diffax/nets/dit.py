@@ -108,6 +108,13 @@ class DiT(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    @staticmethod
+    def computes_in_dtype(path: tuple[str, ...]) -> bool:
+        """Whether the parameter at `path` is only ever used cast to `dtype`: all but the float32 conditioning (the
+        noise-level and label embedding, and the adaLN modulations). `diffax.train.runner` may keep such
+        parameters in `dtype` (train.cast_params)."""
+        return not any(name in ("embedding", "modulation", "head_modulation") for name in path)
+
     @nn.compact
     def __call__(self, x: jax.Array, noise_level: jax.Array, cond: jax.Array | None = None, *,
                  train: bool) -> jax.Array:

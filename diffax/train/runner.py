@@ -5,13 +5,17 @@
     held, metrics = runner(held, batches)     # batches {"image": (n, B, ...), "label": (n, B)}; metrics (n,) each
     state = runner.state(held)                # the TrainState again, to checkpoint or sample
 
-Two mechanisms, both off unless the config asks (the state and the checkpoint never depend on them):
+Two mechanisms, both off unless the config asks (the train state and the checkpoint never depend on them):
   train.steps_per_dispatch = n   n optimizer steps per jitted call (`lax.scan`), so the host launches one program
                                  per n steps; n = 1 runs the step without a loop, since XLA:CPU runs loop bodies
                                  several times slower than straight-line code.
-  train.pack_max_elements = m    the state's replicated leaves of at most m numbers cross each call packed into one
-                                 buffer per dtype (`packing`): the host's work per call grows with the number of
-                                 arrays it passes, and most of a UNet's are small biases and scales.
+  train.cast_params = True       the runner keeps, beside the state, a copy of the parameters that the network
+                                 declares it computes in its compute dtype (`computes_in_dtype(path)`, e.g. DiT's):
+                                     copy[path] = params[path].astype(compute dtype)
+                                 written after each update; the step's forward and backward read it. On GPUs a bias
+                                 that enters the program as a bf16 parameter, not as the output of a cast, stays in
+                                 cuBLASLt's epilogue. The values are those of the cast the network would do itself,
+                                 and the gradient of a cast is the upcast cotangent: training is bitwise unchanged.
 Their measured effect on the shipped recipes is in benchmarks/NOTES.md.
 """
 
@@ -24,42 +28,74 @@ import optax
 from jax.sharding import Mesh
 
 from diffax import parallel
-from diffax.experiment import Experiment
-from diffax.train.packing import Packing
+from diffax.experiment import DTYPES, Experiment
 from diffax.train.state import TrainState
 from diffax.train.step import Batch, Metrics, make_step_fn
 
+Copy = dict[str, jax.Array]
+
+
+def declared_casts(experiment: Experiment, abstract_params: Any) -> dict[str, Any]:
+    """{keystr(path): compute dtype} of the parameters the network declares it computes in its compute dtype;
+    {} for float32 compute or train.cast_params off."""
+    dtype = DTYPES[experiment.config.model.compute_dtype]
+    if not experiment.config.train.cast_params or dtype == DTYPES["float32"]:
+        return {}
+    computes_in_dtype = getattr(experiment.model, "computes_in_dtype", None)
+    if computes_in_dtype is None:
+        raise ValueError(f"config.train.cast_params = True: network {experiment.config.model.name!r} declares no "
+                         f"parameters computed in its compute dtype (a `computes_in_dtype(path)` method)")
+    return {jax.tree_util.keystr(path): dtype for path, _ in jax.tree_util.tree_leaves_with_path(abstract_params)
+            if computes_in_dtype(tuple(key.key for key in path))}
+
+
+def _select(tree: Any, paths: dict[str, Any]) -> dict[str, Any]:
+    """{keystr(path): leaf} of the leaves of `tree` whose paths are keys of `paths`."""
+    return {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+            if jax.tree_util.keystr(path) in paths}
+
+
+def _make_copy(params: Any, dtypes: dict[str, Any]) -> Copy:
+    return {path: leaf.astype(dtypes[path]) for path, leaf in _select(params, dtypes).items()}
+
+
+def _with_copy(params: Any, copy: Copy) -> Any:
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: copy.get(jax.tree_util.keystr(path), leaf), params)
+
 
 class StepRunner:
-    """Jitted optimizer steps over a state of `abstract`'s shardings (the state's buffers are donated)."""
+    """Jitted optimizer steps over a state of `abstract`'s shardings (the held buffers are donated)."""
 
     def __init__(self, experiment: Experiment, optimizer: optax.GradientTransformation, mesh: Mesh,
                  abstract: TrainState):
-        train_config = experiment.config.train
-        self.steps_per_call = train_config.steps_per_dispatch
-        self.packing = Packing.of(abstract, train_config.pack_max_elements)
+        self.steps_per_call = experiment.config.train.steps_per_dispatch
+        self._casts = declared_casts(experiment, abstract.params)
         step = make_step_fn(experiment, optimizer, mesh)
 
-        def steps(state: TrainState, batches: Batch) -> tuple[TrainState, Metrics]:
-            if self.steps_per_call == 1:
-                state, metrics = step(state, jax.tree.map(lambda x: x[0], batches))
-                return state, jax.tree.map(lambda x: x[None], metrics)
-            return jax.lax.scan(step, state, batches)
+        def one_step(held, batch: Batch):
+            state, copy = held
+            state, metrics = step(state, batch, _with_copy(state.params, copy))
+            return (state, _make_copy(state.params, self._casts)), metrics
 
         def call(held, batches: Batch):
-            state, metrics = steps(self.packing.unpack(held), batches)
-            return self.packing.pack(state), metrics
+            if self.steps_per_call == 1:
+                held, metrics = one_step(held, jax.tree.map(lambda x: x[0], batches))
+                return held, jax.tree.map(lambda x: x[None], metrics)
+            return jax.lax.scan(one_step, held, batches)
 
-        self._call = jax.jit(call, in_shardings=(self.packing.shardings, parallel.batch_sharding(mesh, 1)),
-                             out_shardings=(self.packing.shardings, parallel.replicated(mesh)), donate_argnums=0)
+        shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract)
+        held_shardings = (shardings, _select(shardings.params, self._casts))
+        self._make_copy = jax.jit(lambda params: _make_copy(params, self._casts), out_shardings=held_shardings[1])
+        self._call = jax.jit(call, in_shardings=(held_shardings, parallel.batch_sharding(mesh, 1)),
+                             out_shardings=(held_shardings, parallel.replicated(mesh)), donate_argnums=0)
 
     def hold(self, state: TrainState) -> Any:
-        """The state in the form the runner takes and returns."""
-        return self.packing.packed(state)
+        """The state in the form the runner takes and returns: (state, cast copy)."""
+        return state, self._make_copy(state.params)
 
     def state(self, held: Any) -> TrainState:
-        """The TrainState of a held form (packed leaves copied out, the others passed through)."""
-        return self.packing.unpacked(held)
+        """The TrainState of a held form."""
+        return held[0]
 
     def __call__(self, held: Any, batches: Batch) -> tuple[Any, Metrics]:
         return self._call(held, batches)

@@ -26,7 +26,7 @@ from diffax.train.state import TrainState, update_ema
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
-StepFn = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+StepFn = Callable[..., tuple[TrainState, Metrics]]
 
 
 def make_loss_fn(experiment: Experiment) -> Callable[[dict, Batch, jax.Array, bool], tuple[jax.Array, Metrics]]:
@@ -63,10 +63,11 @@ def _microbatches(batch: Batch, count: int, mesh: Mesh) -> Batch:
 
 
 def make_step_fn(experiment: Experiment, optimizer: optax.GradientTransformation, mesh: Mesh) -> StepFn:
-    """step(state, batch) -> (state, metrics), not jitted.
+    """step(state, batch, net_params=None) -> (state, metrics), not jitted.
 
-    batch: {"image": (B, *example), "label": (B,)}. metrics: {"loss", "eps_mse", "x0_mse", "grad_norm",
-    "learning_rate"}, scalars.
+    batch: {"image": (B, *example), "label": (B,)}. net_params: the parameters the network computes with, if not
+    state.params (the runner's cast copy: some leaves in the compute dtype); the gradient is taken there and cast to
+    the parameters' dtypes. metrics: {"loss", "eps_mse", "x0_mse", "grad_norm", "learning_rate"}, scalars.
     """
     config = experiment.config
     accum = config.train.grad_accum_steps
@@ -74,22 +75,28 @@ def make_step_fn(experiment: Experiment, optimizer: optax.GradientTransformation
     loss_grad = jax.grad(make_loss_fn(experiment), has_aux=True)
     schedule = learning_rate_schedule(config.optim, config.train.num_steps)
 
-    def gradients(params, batch: Batch, key: jax.Array):
+    def gradients(params, net_params, batch: Batch, key: jax.Array):
+        """Mean gradient over the micro-batches, each cast to the parameters' dtypes before it is summed."""
+        def grad_fn(micro: Batch, micro_key: jax.Array):
+            grads, metrics = loss_grad(net_params, micro, micro_key)
+            return jax.tree.map(lambda grad, param: grad.astype(param.dtype), grads, params), metrics
+
         if accum == 1:
-            return loss_grad(params, batch, key)
+            return grad_fn(batch, key)
 
         def accumulate(total, inputs):
             index, micro = inputs
-            return jax.tree.map(jnp.add, total, loss_grad(params, micro, jax.random.fold_in(key, index))), None
+            return jax.tree.map(jnp.add, total, grad_fn(micro, jax.random.fold_in(key, index))), None
 
         micro = _microbatches(batch, accum, mesh)
-        shapes = jax.eval_shape(loss_grad, params, jax.tree.map(lambda x: x[0], micro), key)
+        shapes = jax.eval_shape(grad_fn, jax.tree.map(lambda x: x[0], micro), key)
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum), micro))
         return jax.tree.map(lambda x: x / accum, total)
 
-    def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        grads, metrics = gradients(state.params, batch, jax.random.fold_in(state.key, state.step))
+    def step(state: TrainState, batch: Batch, net_params=None) -> tuple[TrainState, Metrics]:
+        net_params = state.params if net_params is None else net_params
+        grads, metrics = gradients(state.params, net_params, batch, jax.random.fold_in(state.key, state.step))
         grad_norm = optax.tree.norm(grads)
         grads = clip_by_global_norm(grads, grad_norm, config.optim.grad_clip_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

@@ -74,9 +74,14 @@ def train_on_random_batches(experiment, steps: int):
     held = runner.hold(create_train_state(experiment, optimizer, abstract, config.seed))
     rng = np.random.default_rng(0)
     per_call, batch_size = config.train.steps_per_dispatch, config.train.batch_size
+
+    def one_batch():  # Drawn step by step: the same batches whatever the steps per call.
+        return {"image": rng.standard_normal((batch_size, *experiment.example_shape), np.float32),
+                "label": rng.integers(0, experiment.num_classes or 1, (batch_size,)).astype(np.int32)}
+
     for _ in range(steps):
-        batch = {"image": rng.standard_normal((per_call, batch_size, *experiment.example_shape), np.float32),
-                 "label": rng.integers(0, experiment.num_classes or 1, (per_call, batch_size)).astype(np.int32)}
+        batches = [one_batch() for _ in range(per_call)]
+        batch = {key: np.stack([b[key] for b in batches]) for key in batches[0]}
         held, _ = runner(held, parallel.global_batch(batch, parallel.batch_sharding(mesh, leading_axes=1),
                                                      example_axis=1))
     return runner.state(held), runner
