@@ -36,9 +36,12 @@ def main(argv):
     from diffax.modes import MODES
     from diffax.run_config import resolve_config
 
-    # Before any device work: bad values fail here, naming the key.
-    config = resolve_config(_MODE.value == "train", _CONFIG.value, _WORKDIR.value, _OVERRIDES)
-    validate_config(config)
+    try:  # Before any device work: bad values fail here, in one line naming the key.
+        config = resolve_config(_MODE.value == "train", _CONFIG.value, _WORKDIR.value, _OVERRIDES)
+        validate_config(config)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     MODES[_MODE.value](config, _WORKDIR.value)
     logging.info("done: %s", _MODE.value)

@@ -7,20 +7,12 @@ import jax
 import numpy as np
 import pytest
 
-from tests.train.train_helpers import run_python, tiny_digits
+from tests.train.train_helpers import run_python
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    from diffax.data import builders
-    from diffax.modes.train import train
-
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    builders.prepare("digits", data_dir)
-    path = tmp_path_factory.mktemp("run")
-    config = tiny_digits(**{"train.ema_decays": (0.9, 0.99), "data.data_dir": data_dir})
-    train(config, str(path))
-    return str(path)
+@pytest.fixture
+def workdir(tiny_run):
+    return tiny_run
 
 
 def test_load_run_reads_the_chosen_parameters_and_samples_in_the_data_range(workdir):

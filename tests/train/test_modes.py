@@ -54,6 +54,19 @@ def test_sample_and_eval_with_another_variant_use_the_saved_config_and_never_ope
     assert all(np.isfinite(results[key]) and results[key] > 0 for key in results)
 
 
+def test_sampling_a_tfds_recipe_run_needs_no_data_directory(tfds_dir, tmp_path):
+    """A cifar10_ddpm run samples with the full recipe named on the command line: CIFAR-10 is nowhere prepared."""
+    from configs import cifar10_ddpm
+    from diffax.modes.train import train
+
+    train(cifar10_ddpm.get_config("tiny"), str(tmp_path))
+    missing = tmp_path / "no_data_here"
+    launch("configs/cifar10_ddpm.py", tmp_path, "--config.sample.num_steps=2", "--config.sample.num_samples=2",
+           f"--config.data.data_dir={missing}", mode="sample")
+    assert not missing.exists()
+    assert os.path.exists(tmp_path / "samples" / "0000004_ddpm_2-trailing_g1_clip_ema0.999_seed0_n2.npz")
+
+
 def test_a_loaded_run_refuses_changes_to_what_it_trained(trained):
     from diffax.run_config import resolve_config
 
