@@ -1,1 +1,2 @@
-"""Evaluation: sample generation from trained parameters, PNG grids and scatter plots, held-out metrics."""
+"""Evaluation outputs that are pure functions of arrays: PNG grids of image samples and scatter plots of 2-D ones
+(`grid`). Evaluation never imports a mode."""
