@@ -1,6 +1,7 @@
 """The sampling driver: one `lax.scan` over a time grid with any registered solver.
 
-    x_T = sigma(t_0) * noise;  x_{i+1} = step(x_i, t_i -> t_{i+1});  optionally x = x0_fn(x_N, t_N) at the end.
+    x_0 = sigma(t_0) * noise (or a given x_t: `sample_from`);  x_{i+1} = step(x_i, t_i -> t_{i+1});
+    optionally x = x0_fn(x_N, t_N) at the end.
 
 The grid is an array argument, so a jitted sampler compiles once per (data shape, number of steps, solver, options)
 and reuses the executable for any grid values. Randomness is `fold_in(key, i)` at step i: the same key gives the
@@ -33,13 +34,25 @@ def get_solver(method: str) -> Solver:
 def sample(x0_fn: X0Fn, schedule: Schedule, noise: Array, grid: Array, method: str = "dpmpp_2m",
            key: Array | None = None, *, denoise_final: bool = True, return_trajectory: bool = False,
            **options) -> Array | tuple[Array, Array]:
-    """Runs the reverse process from pure noise.
+    """Runs the reverse process from pure noise: `sample_from` with x_start = sigma(grid[0]) * noise.
+
+    noise: (B, *data) standard normal draws. The other arguments and the result are `sample_from`'s.
+    """
+    x_start = schedule.sigma(jnp.asarray(grid, jnp.float32)[0]) * noise
+    return sample_from(x0_fn, schedule, x_start, grid, method, key, denoise_final=denoise_final,
+                       return_trajectory=return_trajectory, **options)
+
+
+def sample_from(x0_fn: X0Fn, schedule: Schedule, x_start: Array, grid: Array, method: str = "dpmpp_2m",
+                key: Array | None = None, *, denoise_final: bool = True, return_trajectory: bool = False,
+                **options) -> Array | tuple[Array, Array]:
+    """Runs the reverse process from the state x_start at time grid[0] (pure noise, or a given x_t to edit).
 
     Args:
       x0_fn: denoiser x0_fn(x_t (B, *data), t (B,)) -> x0_hat (B, *data); conditioning closed over
         (see `guidance.classifier_free_guidance`).
       schedule: the forward process the denoiser was trained for.
-      noise: (B, *data) standard normal draws; the start is sigma(grid[0]) * noise.
+      x_start: (B, *data) the state at grid[0].
       grid: (N + 1,) decreasing times from `schedules.time_grid`.
       method: a key of SOLVERS; options are passed to its step (eta, churn, order, snr, ...).
       key: required by stochastic solvers: one PRNG key for the batch (typed `jax.random.key`, or raw uint32 (2,)),
@@ -55,12 +68,12 @@ def sample(x0_fn: X0Fn, schedule: Schedule, noise: Array, grid: Array, method: s
         if solver.is_stochastic(options):
             raise ValueError(f"sampling method {method!r} with options {options} is stochastic: pass a PRNG key")
         key = jax.random.key(0)
-    key = as_typed_keys(key, noise.shape[0])
+    key = as_typed_keys(key, x_start.shape[0])
     grid = jnp.asarray(grid, jnp.float32)
     if grid.ndim != 1 or grid.shape[0] < 2:
         raise ValueError(f"grid must be a 1-D array of at least 2 times, got shape {grid.shape}")
     num_steps = grid.shape[0] - 1
-    x = schedule.sigma(grid[0]) * noise
+    x = x_start
     step = jax.tree_util.Partial(solver.step, **options) if options else solver.step
 
     def body(carry, inputs):
@@ -73,7 +86,7 @@ def sample(x0_fn: X0Fn, schedule: Schedule, noise: Array, grid: Array, method: s
     steps = (jnp.arange(num_steps), grid[:-1], grid[1:])
     (x, _), trajectory = jax.lax.scan(body, (x, solver.init(x)), steps)
     if return_trajectory:
-        trajectory = jnp.concatenate([(schedule.sigma(grid[0]) * noise)[None], trajectory])
+        trajectory = jnp.concatenate([x_start[None], trajectory])
     if denoise_final:
         t_end = grid[-1]
         x = jax.lax.cond(schedule.sigma(t_end) > 0,
