@@ -15,13 +15,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from diffax.sampling import ancestral, dpm_solver, ode, sde
+from diffax.sampling import ancestral, dpm_solver, ode, sde, unipc
 from diffax.sampling.common import Solver, StepContext, X0Fn, as_typed_keys, fold_in
 from diffax.schedules import Schedule
 
 Array = jax.Array
 
-SOLVERS: dict[str, Solver] = {**ancestral.SOLVERS, **ode.SOLVERS, **sde.SOLVERS, **dpm_solver.SOLVERS}
+SOLVERS: dict[str, Solver] = {**ancestral.SOLVERS, **ode.SOLVERS, **sde.SOLVERS, **dpm_solver.SOLVERS,
+                             **unipc.SOLVERS}
 
 
 def get_solver(method: str) -> Solver:
@@ -71,7 +72,7 @@ def sample(x0_fn: X0Fn, schedule: Schedule, noise: Array, grid: Array, method: s
         return (x_next, state), (x_next if return_trajectory else None)
 
     steps = (jnp.arange(num_steps), grid[:-1], grid[1:])
-    (x, _), trajectory = jax.lax.scan(body, (x, solver.init(x)), steps)
+    (x, _), trajectory = jax.lax.scan(body, (x, solver.init(x, **options)), steps)
     if return_trajectory:
         trajectory = jnp.concatenate([(schedule.sigma(grid[0]) * noise)[None], trajectory])
     if denoise_final:
