@@ -69,8 +69,10 @@ def _update(x, m0, earlier, earlier_l, l_s, h, sigma_ratio, alpha_t, order: int,
     else:
         ratios, diffs = ratios + [1.0], diffs + [new - m0]
         rhos = [0.5] if order == 1 else _rhos(ratios, b)
-    residual = sum((rho * d for rho, d in zip(rhos, diffs)), jnp.zeros_like(x))
-    return sigma_ratio * x - alpha_t * jnp.expm1(-h) * m0 - alpha_t * b_of_h * residual
+    x_next = sigma_ratio * x - alpha_t * jnp.expm1(-h) * m0
+    if diffs:  # (not at order 1 without a new point, which is also the step onto sigma = 0, where B(h) is infinite)
+        x_next = x_next - alpha_t * b_of_h * sum(rho * d for rho, d in zip(rhos, diffs))
+    return x_next
 
 
 def _select(order_now, candidates):
