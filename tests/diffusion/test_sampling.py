@@ -74,6 +74,28 @@ def test_samples_match_16d_gaussian(name):
     assert mean_z < 5 and cov_z < 5.5, (mean_z, cov_z)  # max over 152 moments
 
 
+# Stochastic solvers of issue 16, on DDPM's discrete schedule with the trailing grid: (steps, options).
+STOCHASTIC_ON_DISCRETE = {
+    "euler_ancestral": (200, {}),
+    "dpmpp_2m_sde": (100, {}),
+    "dpmpp_3m_sde": (100, {}),
+    "dpmpp_2s_ancestral": (100, {}),
+}
+
+
+@pytest.mark.parametrize("method", sorted(STOCHASTIC_ON_DISCRETE))
+def test_stochastic_samplers_match_the_mixture_on_the_discrete_schedule(method):
+    data = M.toy_mixture_2d()
+    schedule = S.VPDiscrete()
+    steps, options = STOCHASTIC_ON_DISCRETE[method]
+    noise = jax.random.normal(jax.random.key(11), (NUM_SAMPLES, data.dim))
+    run = jax.jit(lambda noise, key: sampling.sample(data.x0_fn(schedule), schedule, noise,
+                                                     S.time_grid(schedule, steps, "trailing"), method, key, **options))
+    samples = run(noise, jax.random.key(12))
+    mean_z, cov_z = _moment_z_scores(samples, data.mean(), data.covariance())
+    assert mean_z < 5 and cov_z < 5, (mean_z, cov_z)
+
+
 def _reference_solution(x0_fn, schedule, x_start, t_end):
     """The probability-flow ODE solved by an 8th-order adaptive Runge-Kutta method at tolerance 1e-8."""
 
@@ -120,6 +142,7 @@ ORDERS = {
     "ddim": ("ddim", {}, 1),
     "euler": ("euler", {}, 1),
     "heun": ("heun", {}, 2),
+    "heun_t": ("heun", {"ode_time": "t"}, 2),
     "dpmpp_2s": ("dpmpp_2s", {}, 2),
     "dpmpp_2m": ("dpmpp_2m", {"lower_order_final": False}, 2),
     "dpmpp_3m": ("dpmpp_3m", {"lower_order_final": False}, 3),
@@ -284,3 +307,49 @@ def test_unipc_corrector_is_exact_for_polynomial_data_predictions(order, variant
     integral, _ = integrate.quad(lambda l: np.exp(-(l_now - l)) * x0_of_l(l), l_last, l_now)
     expected = sigma / sigma_last * 0.3 + alpha * integral
     assert float(corrected[0, 0]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_denoiser_calls_per_run_and_lower_order_final():
+    """Multistep solvers make one call per step, the first included (no extra warm-up call); two-stage solvers two,
+    but one onto sigma = 0. lower_order_final makes step i of N at most order N - i: two steps of 3M are DDIM's."""
+    data = M.toy_mixture_2d()
+    schedule = S.VPLinear()
+    calls = []
+
+    def counting_x0_fn(x, t):
+        jax.debug.callback(lambda: calls.append(1))  # runs once per call made, not per trace
+        return data.denoise(x, t, schedule)
+
+    noise = jax.random.normal(jax.random.key(13), (4, 2))
+    grid = S.time_grid(schedule, 3)
+    expected = {"dpmpp_3m": ({}, 3), "dpmpp_3m_sde": ({}, 3), "unipc": ({"order": 3}, 3), "heun": ({}, 5),
+                "dpmpp_2s": ({}, 5)}
+    for method, (options, count) in expected.items():
+        calls.clear()
+        jax.block_until_ready(sampling.sample(counting_x0_fn, schedule, noise, grid, method, jax.random.key(0),
+                                              **options))
+        jax.effects_barrier()
+        assert len(calls) == count, (method, len(calls))
+    schedule = S.VPDiscrete()
+    two_steps = S.time_grid(schedule, 2, "trailing", t_end=0.5)
+    x0_fn = data.x0_fn(schedule)
+    ddim = sampling.sample(x0_fn, schedule, noise, two_steps, "ddim", denoise_final=False)
+    for method, options in [("dpmpp_3m", {}), ("unipc", {"order": 3, "corrector": False})]:
+        lowered = sampling.sample(x0_fn, schedule, noise, two_steps, method, denoise_final=False, **options)
+        np.testing.assert_allclose(lowered, ddim, rtol=1e-5, atol=1e-6)
+        full = sampling.sample(x0_fn, schedule, noise, two_steps, method, denoise_final=False,
+                               lower_order_final=False, **options)
+        assert not np.allclose(full, ddim, rtol=1e-3)
+
+
+def test_unipc_predictor_is_dpm_solver_multistep():
+    """Two derivations, one update: UniP with B(h) = e^{-h} - 1 is DPM-Solver++(2M) at order 2 and, with the
+    exact D2 coefficient, (3M) at order 3 (Zhao et al. 2023, section 3.3)."""
+    data = M.toy_mixture_2d()
+    schedule = S.VPLinear()
+    noise = jax.random.normal(jax.random.key(14), (64, 2))
+    grid = S.time_grid(schedule, 12, "log_snr", t_end=0.05)
+    for order in (2, 3):
+        dpm = sampling.sample(data.x0_fn(schedule), schedule, noise, grid, f"dpmpp_{order}m")
+        unip = sampling.sample(data.x0_fn(schedule), schedule, noise, grid, "unipc", order=order, corrector=False)
+        np.testing.assert_allclose(unip, dpm, rtol=1e-4, atol=1e-5)
