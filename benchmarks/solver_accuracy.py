@@ -32,6 +32,7 @@ SOLVERS = {
     "ddim": ("ddim", {}, 1),
     "euler": ("euler", {}, 1),
     "heun": ("heun", {}, 2),
+    "heun_t": ("heun", {"ode_time": "t"}, 2),
     "dpmpp_2s": ("dpmpp_2s", {}, 2),
     "dpmpp_2m": ("dpmpp_2m", {}, 1),
     "dpmpp_3m": ("dpmpp_3m", {}, 1),
