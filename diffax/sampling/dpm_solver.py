@@ -3,8 +3,8 @@
 
 With half log-SNR l = log(alpha / sigma), step h = l(t_next) - l(t) > 0 and H = (1 + eta) h, the solution of the
 SDE family (eta = 0: the ODE; eta = 1: the reverse SDE, "SDE-DPM-Solver++", Lu et al. 2022, section 5) is
-    x_next = (sigma_next / sigma) e^{-eta h} x + alpha_next int_l^l_next (1 + eta) e^{-(1 + eta)(l_next - u)} x0_hat(u) du
-             + sigma_next sqrt(1 - e^{-2 eta h}) z,
+    x_next = (sigma_next / sigma) e^{-eta h} x + sigma_next sqrt(1 - e^{-2 eta h}) z
+             + alpha_next int_l^l_next (1 + eta) e^{-(1 + eta)(l_next - u)} x0_hat(u) du,
 and the solvers expand x0_hat(u) in u. Substituting v = (1 + eta) u, the x0 terms are the ODE's with h -> H:
     order 1   alpha_next phi1(H) x0_hat,                       phi1(H) = 1 - e^{-H}
     2M        + alpha_next phi1(H) D1 / 2                       (the reference "midpoint" form, second order)

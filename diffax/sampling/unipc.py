@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 
 from diffax.sampling.common import (Solver, StepContext, denoise, history_init, history_push, multistep_order,
