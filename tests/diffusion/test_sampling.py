@@ -97,6 +97,20 @@ def test_stochastic_samplers_match_the_mixture_on_the_discrete_schedule(method):
     assert mean_z < 5 and cov_z < 5, (mean_z, cov_z)
 
 
+def test_pc_with_per_example_keys_matches_the_mixture():
+    """With per-example keys the Langevin corrector takes its batch-independent step 2 (snr sigma)^2."""
+    data = M.toy_mixture_2d()
+    schedule = S.VPLinear()
+    steps, kind, options = SAMPLERS["pc"]
+    noise = jax.random.normal(jax.random.key(15), (NUM_SAMPLES, data.dim))
+    keys = jax.random.split(jax.random.key(16), NUM_SAMPLES)
+    samples = jax.jit(lambda noise, keys: sampling.sample(data.x0_fn(schedule), schedule, noise,
+                                                          S.time_grid(schedule, steps, kind), "pc", keys,
+                                                          **options))(noise, keys)
+    mean_z, cov_z = _moment_z_scores(samples, data.mean(), data.covariance())
+    assert mean_z < 5 and cov_z < 5, (mean_z, cov_z)
+
+
 def _reference_solution(x0_fn, schedule, x_start, t_end):
     """The probability-flow ODE solved by an 8th-order adaptive Runge-Kutta method at tolerance 1e-8."""
 
