@@ -122,44 +122,65 @@ class VPLinear(_VariancePreserving):
 @dataclasses.dataclass(frozen=True)
 class VPDiscrete(_VariancePreserving):
     """Discrete DDPM (Ho et al. 2020): alpha_bar_i = prod_{j<=i} (1 - beta_j), betas linear from beta_start to
-    beta_end over num_steps steps. Step i is time t = i / num_steps; between steps q(t) = -log alpha_bar is
-    interpolated linearly, so the grid values are exact and the inverse is exact on the grid."""
+    beta_end over num_steps steps. Step i is time t = i / num_steps, where q = -log alpha_bar is exact.
+
+    Between the steps q(t) is the cubic Hermite interpolant of the table whose slope at a step is the mean of the
+    two neighbouring secants (one-sided at t = 0 and t = 1). A linear interpolant puts a kink at every training
+    step, and every point of a trailing or leading grid sits on one: its one-sided derivative there (the secant
+    above) is not the derivative of the path between the grid points, so Heun, Euler, the reverse SDE and the
+    likelihood ODE, which integrate dq/dt, lose their order (Heun's error stopped falling past 50 steps). The cubic
+    is C^1 with the centred difference as its derivative at the steps, and the solvers converge at their order.
+    The inverse solves the segment's cubic by Newton's method from the linear guess.
+    """
 
     num_steps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
 
-    def _q_table(self) -> np.ndarray:
+    def _q_table64(self) -> np.ndarray:
         betas = np.linspace(self.beta_start, self.beta_end, self.num_steps, dtype=np.float64)
-        return np.concatenate([[0.0], np.cumsum(-np.log1p(-betas))]).astype(np.float32)
+        return np.concatenate([[0.0], np.cumsum(-np.log1p(-betas))])
 
     def alpha_bar(self) -> np.ndarray:
         """(num_steps + 1,) cumulative products alpha_bar_0 = 1, ..., alpha_bar_T."""
-        return np.exp(-self._q_table().astype(np.float64))
+        return np.exp(-self._q_table64())
+
+    def _segments(self):
+        """Per segment i, float32 from float64: q_i, the increment d_i = q_{i+1} - q_i, and the cubic's shape
+        coefficients c0_i = m_i / num_steps - d_i and c1_i = m_{i+1} / num_steps - d_i (m: knot slopes in q per t)."""
+        q = self._q_table64()
+        increments = np.diff(q)
+        knot_slopes = np.concatenate([increments[:1], 0.5 * (increments[:-1] + increments[1:]), increments[-1:]])
+        tables = (q[:-1], increments, knot_slopes[:-1] - increments, knot_slopes[1:] - increments)
+        return tuple(jnp.asarray(table, jnp.float32) for table in tables)
 
     def q(self, t):
-        grid = np.linspace(0.0, 1.0, self.num_steps + 1, dtype=np.float32)
-        return _interp(t, grid, self._q_table())
+        position = _clamp(jnp.asarray(t, jnp.float32), 0.0, 1.0) * self.num_steps
+        index = jnp.clip(jnp.floor(position), 0, self.num_steps - 1).astype(jnp.int32)
+        start, increment, shape0, shape1 = (table[index] for table in self._segments())
+        return start + _hermite(position - index, increment, shape0, shape1)
 
     def t_from_q(self, q):
-        grid = np.linspace(0.0, 1.0, self.num_steps + 1, dtype=np.float32)
-        return _interp(q, self._q_table(), grid)
+        q = jnp.asarray(q, jnp.float32)
+        starts = self._segments()[0]
+        index = jnp.clip(jnp.searchsorted(starts, q, side="right", method="compare_all") - 1, 0, self.num_steps - 1)
+        start, increment, shape0, shape1 = (table[index] for table in self._segments())
+        target = _clamp(q, 0.0, float(self._q_table64()[-1])) - start
+        w = target / increment
+        for _ in range(3):  # the cubic part is ~1e-4 of the linear one: Newton converges in two steps
+            slope = increment + (1.0 - 4.0 * w + 3.0 * w**2) * shape0 - (2.0 * w - 3.0 * w**2) * shape1
+            w = w - (_hermite(w, increment, shape0, shape1) - target) / slope
+        return (index + w) / self.num_steps
 
 
-def _interp(x, xp: np.ndarray, fp: np.ndarray):
-    """`jnp.interp(x, xp, fp)` (xp increasing, constant beyond the ends) with a compare-all search.
+def _hermite(w, increment, shape0, shape1):
+    """Cubic on w in [0, 1] from 0 to increment with end slopes increment + shape0 and increment + shape1."""
+    return w * increment + w * (1.0 - w) * ((1.0 - w) * shape0 - w * shape1)
 
-    jnp.interp's default search is a loop, which XLA:GPU (jax 0.11.2) failed to compile inside a sampler's scan
-    ("Failed to evaluate instruction ... depends on ... parameters"); comparing against all of xp is loop-free and,
-    for the 1,001-entry tables here, as fast.
-    """
-    x, xp, fp = jnp.asarray(x), jnp.asarray(xp), jnp.asarray(fp)
-    x_inside = jnp.clip(x, xp[0], xp[-1])
-    i = jnp.clip(jnp.searchsorted(xp, x_inside, side="right", method="compare_all"), 1, len(xp) - 1)
-    x_left, x_right, f_left, f_right = xp[i - 1], xp[i], fp[i - 1], fp[i]
-    weight = (x_inside - x_left) / (x_right - x_left)
-    return (f_left + weight * (f_right - f_left)).astype(x.dtype if jnp.issubdtype(x.dtype, jnp.floating)
-                                                          else jnp.float32)
+
+def _clamp(x, low, high):
+    """x limited to [low, high] with derivative 1 at the bounds (jnp.clip's is 1/2 there)."""
+    return jnp.where(x < low, low, jnp.where(x > high, high, x))
 
 
 @dataclasses.dataclass(frozen=True)

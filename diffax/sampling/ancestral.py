@@ -6,14 +6,28 @@ For s < t, with r = (alpha_t sigma_s) / (alpha_s sigma_t) = exp(-(lambda_s - lam
 DDIM (Song et al. 2021) keeps the marginals with any variance c^2 = eta^2 sigma_s^2 (1 - r^2):
     x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z,
 so eta = 1 is DDPM's posterior sampler and eta = 0 the deterministic DDIM (Euler in sigma/alpha).
+
+In sigma~ = sigma / alpha and x / alpha this is Euler ancestral sampling (k-diffusion's sample_euler_ancestral,
+diffusers' EulerAncestralDiscreteScheduler): c / alpha_s = sigma_up and sqrt(sigma_s^2 - c^2) / alpha_s = sigma_down
+of `ancestral_levels`, so "euler_ancestral" is DDIM with eta = 1 by default, for any schedule.
 """
 
 from __future__ import annotations
 
-import jax
+import functools
+
 import jax.numpy as jnp
 
 from diffax.sampling.common import Solver, StepContext, denoise, eps_from_x0, gaussian_like
+
+
+def ancestral_levels(sigma_tilde, sigma_tilde_next, eta):
+    """(sigma_down, sigma_up) of an ancestral step from sigma~ to sigma~_next (Karras et al. 2022's code):
+    sigma_up = min(sigma~_next, eta sigma~_next sqrt(1 - (sigma~_next / sigma~)^2)), sigma_down^2 + sigma_up^2 =
+    sigma~_next^2; eta = 1 is the posterior (DDPM) noise, eta = 0 the ODE."""
+    ratio = sigma_tilde_next / sigma_tilde
+    sigma_up = jnp.minimum(sigma_tilde_next, eta * sigma_tilde_next * jnp.sqrt(1.0 - ratio**2))
+    return jnp.sqrt(sigma_tilde_next**2 - sigma_up**2), sigma_up
 
 
 def _posterior_terms(ctx: StepContext, x, t, t_next):
@@ -54,4 +68,6 @@ def ddpm_step(ctx: StepContext, x, state, t, t_next, *, variance: str = "posteri
 SOLVERS = {
     "ddpm": Solver(ddpm_step, is_stochastic=lambda options: True),
     "ddim": Solver(ddim_step, is_stochastic=lambda options: options.get("eta", 0.0) > 0),
+    "euler_ancestral": Solver(functools.partial(ddim_step, eta=1.0),
+                              is_stochastic=lambda options: options.get("eta", 1.0) > 0),
 }

@@ -1,6 +1,6 @@
 """What every solver step shares: the step context, the denoiser call, the noise-prediction identity and the noise.
 
-A solver is a pair (init, step): `init(x) -> state` and
+A solver is a pair (init, step): `init(x, **options) -> state` and
 `step(ctx, x, state, t, t_next, **options) -> (x_next, state)` with scalar times t > t_next. State carries what
 multistep solvers remember between steps (earlier denoiser outputs), as a fixed-shape pytree for `lax.scan`.
 
@@ -79,7 +79,7 @@ def eps_from_x0(x: Array, x0_hat: Array, alpha: Array, sigma: Array) -> Array:
     return (x - alpha * x0_hat) / sigma
 
 
-def no_state(x: Array) -> tuple:
+def no_state(x: Array, **options) -> tuple:
     return ()
 
 
@@ -87,5 +87,35 @@ class Solver(NamedTuple):
     """A registered solver: its step, its state initializer and whether given options make it random."""
 
     step: Callable
-    init: Callable[[Array], object] = no_state
+    init: Callable[..., object] = no_state
     is_stochastic: Callable[[dict], bool] = lambda options: False
+
+
+def multistep_order(ctx: StepContext, order: int, num_earlier: Array, h: Array, sigma_next: Array,
+                    lower_order_final: bool) -> Array:
+    """The order a multistep solver of nominal `order` can take at this step: at most 1 + the number of earlier
+    denoiser outputs it holds (warm-up: no extra denoiser call on the first steps), at most num_steps - index with
+    lower_order_final (the last step is first order, the one before at most second: the steps of a trailing grid
+    do not shrink in log-SNR at the end, where extrapolating from far-away outputs loses), and 1 onto sigma = 0, where
+    h = lambda_next - lambda is infinite and only the first-order term has a limit."""
+    order_now = jnp.minimum(order, num_earlier + 1)
+    if lower_order_final:
+        order_now = jnp.minimum(order_now, ctx.num_steps - ctx.index)
+    return jnp.where(jnp.isfinite(h) & (sigma_next > 0), order_now, 1)
+
+
+def history_init(x: Array, size: int) -> tuple[Array, Array]:
+    """State of solvers that remember `size` earlier denoiser outputs and their half log-SNRs (-inf marks an empty
+    slot): ((size, *x.shape) outputs, (size,) half log-SNRs)."""
+    return jnp.zeros((size,) + x.shape, x.dtype), jnp.full((size,), -jnp.inf, jnp.float32)
+
+
+def history_push(history: Array, half_log_snrs: Array, x0_hat: Array, half_log_snr: Array) -> tuple[Array, Array]:
+    """Puts the newest output first and drops the oldest."""
+    return (jnp.concatenate([x0_hat[None], history[:-1]]),
+            jnp.concatenate([half_log_snr[None], half_log_snrs[:-1]]))
+
+
+def num_earlier(half_log_snrs: Array) -> Array:
+    """How many leading history slots are filled."""
+    return jnp.sum(jnp.cumprod(jnp.isfinite(half_log_snrs)))

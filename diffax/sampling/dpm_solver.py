@@ -1,17 +1,26 @@
-"""DPM-Solver++ (Lu et al. 2022): exponential integrators of the probability-flow ODE in data-prediction form.
+"""DPM-Solver++ (Lu et al. 2022): exponential integrators in data-prediction form, for the probability-flow ODE and
+(eta > 0) the reverse SDE.
 
-With half log-SNR l = log(alpha / sigma) and step h = l(t_next) - l(t) > 0, the exact solution is
-    x_next = (sigma_next / sigma) x + alpha_next int_l^l_next e^{-(l_next - u)} x0_hat(u) du,
-and the solvers expand x0_hat(u) in u: order 1 is DDIM; 2M and 3M extrapolate from the denoiser outputs of the last
-one or two steps (multistep, one call per step); 2S evaluates a midpoint (singlestep, two calls per step).
-Multistep orders warm up (order min(k, steps so far)); 3M takes its first step with 2S (one extra denoiser call),
-since the local O(h^2) error of a first-order start would cap the global order at 2. Every solver takes a
-first-order step onto sigma = 0, where h is infinite (the "lower order final" of the reference implementation).
+With half log-SNR l = log(alpha / sigma), step h = l(t_next) - l(t) > 0 and H = (1 + eta) h, the solution of the
+SDE family (eta = 0: the ODE; eta = 1: the reverse SDE, "SDE-DPM-Solver++", Lu et al. 2022, section 5) is
+    x_next = (sigma_next / sigma) e^{-eta h} x + sigma_next sqrt(1 - e^{-2 eta h}) z
+             + alpha_next int_l^l_next (1 + eta) e^{-(1 + eta)(l_next - u)} x0_hat(u) du,
+and the solvers expand x0_hat(u) in u. Substituting v = (1 + eta) u, the x0 terms are the ODE's with h -> H:
+    order 1   alpha_next phi1(H) x0_hat,                       phi1(H) = 1 - e^{-H}
+    2M        + alpha_next phi1(H) D1 / 2                       (the reference "midpoint" form, second order)
+    3M        + alpha_next (1 - phi1(H) / H) D1 - alpha_next (2 phi2(H) - 1) D2,   phi2(H) = (e^{-H} - 1 + H) / H^2
+with D1, D2 the first and half the second divided differences of the last three outputs in l, scaled by h and h^2.
+3M's D2 coefficient is the exact integral of the quadratic Taylor term; the reference implementations'
+(phi2 - 1/2) is half of it, which is not exact for quadratic x0_hat and measures second order, not third
+(tests/diffusion/test_sampling.py checks exactness on polynomials and the order on the ODE).
 
-3M's second-difference term uses the exact integral of the quadratic Taylor term, alpha_next (1 - 2 phi2(h)) D2 with
-phi2 = (e^{-h} - 1 + h) / h^2 and D2 ~ h^2 x0_hat'' / 2. The reference implementation's coefficient
-(1/2 - phi2) is half of it: the update is then not exact for quadratic x0_hat, and the measured global order falls
-from 3 to 2 (tests/diffusion/test_sampling.py checks exactness on polynomials and the order on the ODE).
+Multistep solvers make one denoiser call per step: order min(k, 1 + earlier outputs) on the first steps (no extra
+call), and with `lower_order_final` (default, as in the reference) order at most N - i on step i of N.
+The step onto sigma = 0 (h infinite) is first order: x_next = alpha_next x0_hat, the denoised last state, which is
+the reference's final_sigmas_type="zero". To stop at a noise level instead, end the grid at t_end > 0 and sample with
+denoise_final=False (the reference's "sigma_min"), or True to denoise there with one more call.
+2S evaluates a midpoint (singlestep, two calls per step); "dpmpp_2s_ancestral" takes that step to the reduced level
+sigma_down and adds noise sigma_up (k-diffusion's sample_dpmpp_2s_ancestral; see ancestral.ancestral_levels).
 """
 
 from __future__ import annotations
@@ -21,7 +30,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from diffax.sampling.common import Solver, StepContext, denoise
+from diffax.sampling.ancestral import ancestral_levels
+from diffax.sampling.common import (Solver, StepContext, denoise, gaussian_like, history_init, history_push,
+                                    multistep_order, num_earlier)
 
 _SMALL_H = 1e-2
 
@@ -37,7 +48,7 @@ def _phi2(h):
     return jnp.where(h < _SMALL_H, 0.5 - h / 6.0 + h**2 / 24.0, (jnp.expm1(-safe_h) + safe_h) / safe_h**2)
 
 
-def _half_log_snr(schedule, t):
+def half_log_snr(schedule, t):
     return 0.5 * schedule.log_snr(t)
 
 
@@ -45,48 +56,40 @@ def _first_order(x, x0_hat, sigma, sigma_next, alpha_next, h):
     return (sigma_next / sigma) * x + alpha_next * _phi1(h) * x0_hat
 
 
-def multistep_init(order: int):
-    def init(x):
-        history = jnp.zeros((order - 1,) + x.shape, x.dtype)
-        return history, jnp.full((order - 1,), -jnp.inf, jnp.float32)
-
-    return init
-
-
-def multistep_step(ctx: StepContext, x, state, t, t_next, *, order: int):
-    """DPM-Solver++(kM) with k = order in {1, 2, 3}. State: earlier x0_hat (k-1, *x.shape), their l (k-1,)."""
+def multistep_step(ctx: StepContext, x, state, t, t_next, *, order: int, eta: float = 0.0,
+                   lower_order_final: bool = True):
+    """DPM-Solver++(kM) with k = order in {1, 2, 3}; its SDE form with eta > 0.
+    State: earlier x0_hat (k-1, *x.shape), their half log-SNRs (k-1,)."""
     history, l_history = state
     _, sigma = ctx.schedule.alpha_sigma(t)
     alpha_next, sigma_next = ctx.schedule.alpha_sigma(t_next)
-    l_now, l_next = _half_log_snr(ctx.schedule, t), _half_log_snr(ctx.schedule, t_next)
+    l_now, l_next = half_log_snr(ctx.schedule, t), half_log_snr(ctx.schedule, t_next)
     h = l_next - l_now
+    big_h = (1.0 + eta) * h
     x0_hat = denoise(ctx, x, t)
-    x_next = first = _first_order(x, x0_hat, sigma, sigma_next, alpha_next, h)
+    x_scale = (sigma_next / sigma) * jnp.exp(-eta * h) if eta else sigma_next / sigma
+    x_next = first = x_scale * x + alpha_next * _phi1(big_h) * x0_hat
+    order_now = multistep_order(ctx, order, num_earlier(l_history), h, sigma_next, lower_order_final)
     if order >= 2:
-        finite = jnp.isfinite(l_history) & jnp.isfinite(h)
-        usable = jnp.where(sigma_next > 0, jnp.sum(jnp.cumprod(finite)), 0)
         r0 = (l_now - l_history[0]) / h
         d1_0 = (x0_hat - history[0]) / r0
-        x_next = jnp.where(usable >= 1, first + 0.5 * alpha_next * _phi1(h) * d1_0, first)
+        x_next = jnp.where(order_now >= 2, first + 0.5 * alpha_next * _phi1(big_h) * d1_0, first)
     if order >= 3:
         r1 = (l_history[0] - l_history[1]) / h
         d1_1 = (history[0] - history[1]) / r1
         d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
         d2 = (d1_0 - d1_1) / (r0 + r1)
-        third = first + alpha_next * (1.0 - _phi1(h) / h) * d1 - alpha_next * (2.0 * _phi2(h) - 1.0) * d2
-        x_next = jnp.where(usable >= 2, third, x_next)
-        # Warm-up: a first-order first step would cap the global order at 2, so take it with 2S (one extra call).
-        x_next = jax.lax.cond(
-            (ctx.index == 0) & jnp.isfinite(h) & (sigma_next > 0),
-            lambda: _singlestep_second_order(ctx, x, x0_hat, t, h, sigma, sigma_next, alpha_next, 0.5),
-            lambda: x_next)
-    new_state = (jnp.concatenate([x0_hat[None], history[:-1]]), jnp.concatenate([l_now[None], l_history[:-1]]))
-    return x_next, new_state
+        third = first + alpha_next * (1.0 - _phi1(big_h) / big_h) * d1 - alpha_next * (2.0 * _phi2(big_h) - 1.0) * d2
+        x_next = jnp.where(order_now >= 3, third, x_next)
+    if eta:
+        noise_scale = jnp.where(sigma_next > 0, sigma_next * jnp.sqrt(-jnp.expm1(-2.0 * eta * h)), 0.0)
+        x_next = x_next + noise_scale * gaussian_like(ctx.key, x)
+    return x_next, (history_push(history, l_history, x0_hat, l_now) if order >= 2 else state)
 
 
 def _singlestep_second_order(ctx: StepContext, x, x0_hat, t, h, sigma, sigma_next, alpha_next, midpoint):
     """DPM-Solver++(2S)'s update from a first denoiser output x0_hat: one more call at l + midpoint h."""
-    l_now = _half_log_snr(ctx.schedule, t)
+    l_now = half_log_snr(ctx.schedule, t)
     t_mid = ctx.schedule.t_from_log_snr(2.0 * (l_now + midpoint * h))
     alpha_mid, sigma_mid = ctx.schedule.alpha_sigma(t_mid)
     u = _first_order(x, x0_hat, sigma, sigma_mid, alpha_mid, midpoint * h)
@@ -95,25 +98,40 @@ def _singlestep_second_order(ctx: StepContext, x, x0_hat, t, h, sigma, sigma_nex
     return _first_order(x, d, sigma, sigma_next, alpha_next, h)
 
 
-def singlestep_2s_step(ctx: StepContext, x, state, t, t_next, *, midpoint: float = 0.5):
-    """DPM-Solver++(2S) (Lu et al. 2022, Algorithm 1): an intermediate point at l + midpoint h."""
-    _, sigma = ctx.schedule.alpha_sigma(t)
+def singlestep_2s_step(ctx: StepContext, x, state, t, t_next, *, midpoint: float = 0.5, eta: float = 0.0):
+    """DPM-Solver++(2S) (Lu et al. 2022, Algorithm 1): an intermediate point at l + midpoint h. With eta > 0 the
+    step goes to the reduced noise sigma_down and adds noise sigma_up (ancestral sampling, in sigma~ = sigma / alpha);
+    first order onto sigma = 0."""
+    alpha, sigma = ctx.schedule.alpha_sigma(t)
     alpha_next, sigma_next = ctx.schedule.alpha_sigma(t_next)
-    h = _half_log_snr(ctx.schedule, t_next) - _half_log_snr(ctx.schedule, t)
+    if eta:  # the deterministic part ends at sigma~ = sigma_down, in the scale of alpha_next
+        sigma_down, sigma_up = ancestral_levels(sigma / alpha, sigma_next / alpha_next, eta)
+        sigma_next, l_next = alpha_next * sigma_down, -jnp.log(sigma_down)
+    else:
+        l_next = half_log_snr(ctx.schedule, t_next)
+    h = l_next - half_log_snr(ctx.schedule, t)
     x0_hat = denoise(ctx, x, t)
     x_next = jax.lax.cond(
         jnp.isfinite(h) & (sigma_next > 0),
         lambda: _singlestep_second_order(ctx, x, x0_hat, t, h, sigma, sigma_next, alpha_next, midpoint),
         lambda: _first_order(x, x0_hat, sigma, sigma_next, alpha_next, h))
+    if eta:
+        x_next = x_next + alpha_next * sigma_up * gaussian_like(ctx.key, x)
     return x_next, state
 
 
-def _multistep(order: int) -> Solver:
-    return Solver(functools.partial(multistep_step, order=order), init=multistep_init(order))
+def _multistep(order: int, eta: float = 0.0) -> Solver:
+    return Solver(functools.partial(multistep_step, order=order, eta=eta),
+                  init=lambda x, order=order, **options: history_init(x, order - 1),
+                  is_stochastic=lambda options: options.get("eta", eta) > 0)
 
 
 SOLVERS = {
     "dpmpp_2m": _multistep(2),
     "dpmpp_3m": _multistep(3),
-    "dpmpp_2s": Solver(singlestep_2s_step),
+    "dpmpp_2m_sde": _multistep(2, eta=1.0),
+    "dpmpp_3m_sde": _multistep(3, eta=1.0),
+    "dpmpp_2s": Solver(singlestep_2s_step, is_stochastic=lambda options: options.get("eta", 0.0) > 0),
+    "dpmpp_2s_ancestral": Solver(functools.partial(singlestep_2s_step, eta=1.0),
+                                 is_stochastic=lambda options: options.get("eta", 1.0) > 0),
 }

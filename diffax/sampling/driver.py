@@ -7,6 +7,11 @@ The grid is an array argument, so a jitted sampler compiles once per (data shape
 and reuses the executable for any grid values. Randomness is `fold_in(key, i)` at step i: the same key gives the
 same samples. With per-example keys (B,) it is `fold_in(key_b, i)` for example b, and every draw of example b comes
 from key b alone (`common.gaussian_like`): sample b is the same whatever batch or device layout it is drawn in.
+
+The final step. A grid ending at t = 0 (sigma = 0) ends with a first-order step, which returns the denoised last
+state x0_fn(x_{N-1}, t_{N-1}) (diffusers' final_sigmas_type="zero"). A grid ending at t_end > 0 stops at that noise
+level: denoise_final=True then denoises there with one more call, False returns x_N itself (diffusers' "sigma_min"
+with t_end = 1 / T on a discrete schedule).
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from diffax.sampling import ancestral, dpm_solver, ode, sde
+from diffax.sampling import ancestral, dpm_solver, ode, sde, unipc
 from diffax.sampling.common import Solver, StepContext, X0Fn, as_typed_keys, fold_in
 from diffax.schedules import Schedule
 
 Array = jax.Array
 
-SOLVERS: dict[str, Solver] = {**ancestral.SOLVERS, **ode.SOLVERS, **sde.SOLVERS, **dpm_solver.SOLVERS}
+SOLVERS: dict[str, Solver] = {**ancestral.SOLVERS, **ode.SOLVERS, **sde.SOLVERS, **dpm_solver.SOLVERS,
+                             **unipc.SOLVERS}
 
 
 def get_solver(method: str) -> Solver:
@@ -54,7 +60,7 @@ def sample_from(x0_fn: X0Fn, schedule: Schedule, x_start: Array, grid: Array, me
       schedule: the forward process the denoiser was trained for.
       x_start: (B, *data) the state at grid[0].
       grid: (N + 1,) decreasing times from `schedules.time_grid`.
-      method: a key of SOLVERS; options are passed to its step (eta, churn, order, snr, ...).
+      method: a key of SOLVERS; options are passed to its step (eta, churn, order, variant, lower_order_final, ...).
       key: required by stochastic solvers: one PRNG key for the batch (typed `jax.random.key`, or raw uint32 (2,)),
         or per-example keys (B,) typed / (B, 2) raw uint32, so that example b's randomness depends on key b only
         (the Langevin corrector of "pc" then uses its batch-independent step size).
@@ -84,7 +90,7 @@ def sample_from(x0_fn: X0Fn, schedule: Schedule, x_start: Array, grid: Array, me
         return (x_next, state), (x_next if return_trajectory else None)
 
     steps = (jnp.arange(num_steps), grid[:-1], grid[1:])
-    (x, _), trajectory = jax.lax.scan(body, (x, solver.init(x)), steps)
+    (x, _), trajectory = jax.lax.scan(body, (x, solver.init(x, **options)), steps)
     if return_trajectory:
         trajectory = jnp.concatenate([x_start[None], trajectory])
     if denoise_final:

@@ -5,6 +5,11 @@ derivative of the forward process with x0 and eps replaced by their posterior me
 (alpha = 1, sigma linear in t) Euler and Heun in t are exactly the paper's solvers in sigma; for rectified flow it is
 the flow-matching velocity; for VP schedules it is Song et al.'s probability-flow ODE.
 
+Heun integrates by default in EDM's recommended coordinates instead (time sigma~ = sigma / alpha, state x / alpha,
+velocity eps_hat; Karras et al. 2022, section 3), as k-diffusion and diffusers do, wherever alpha > 0 (`heun_step`).
+Euler in those coordinates is DDIM ("ddim"); "euler" stays in t, which measured more accurate than DDIM on DDPM's
+discrete schedule (benchmarks/RESULTS.md).
+
 Churn raises the noise level sigma~ = sigma / alpha by a factor (1 + gamma) before each step, adding fresh noise
 so that x stays a sample of the marginal at the raised level, then solves the ODE down from there.
 """
@@ -17,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from diffax.objectives import probability_flow_velocity
-from diffax.sampling.common import Solver, StepContext, denoise, gaussian_like
+from diffax.sampling.common import Solver, StepContext, denoise, eps_from_x0, gaussian_like
 
 
 def ode_velocity(ctx: StepContext, x, t):
@@ -45,23 +50,57 @@ def _churn(ctx: StepContext, x, t, churn: float, churn_min: float, churn_max: fl
 
 def euler_step(ctx: StepContext, x, state, t, t_next, *, churn: float = 0.0, churn_min: float = 0.0,
                churn_max: float = float("inf"), churn_noise: float = 1.0):
-    """One Euler step of the probability-flow ODE (after optional churn)."""
+    """One Euler step of the probability-flow ODE in t (after optional churn)."""
     x, t = _churn(ctx, x, t, churn, churn_min, churn_max, churn_noise)
     return x + (t_next - t) * ode_velocity(ctx, x, t), state
 
 
 def heun_step(ctx: StepContext, x, state, t, t_next, *, churn: float = 0.0, churn_min: float = 0.0,
-              churn_max: float = float("inf"), churn_noise: float = 1.0):
-    """Heun's second-order step (EDM Algorithm 2); the correction is skipped onto sigma = 0, as in the paper."""
+              churn_max: float = float("inf"), churn_noise: float = 1.0, ode_time: str = "auto"):
+    """Heun's second-order step (EDM Algorithm 2); the correction is skipped onto sigma = 0, as in the paper.
+
+    ode_time "sigma": time sigma~ = sigma / alpha and state x / alpha, where d(x / alpha)/d sigma~ = eps_hat (EDM's
+    recommended sigma(t) = t, s(t) = 1; k-diffusion's and diffusers' Heun): no derivative of the schedule enters.
+    "t": the schedule's own time. "auto": "sigma" where alpha(1) > 0, "t" for schedules that reach alpha = 0
+    (rectified flow, zero terminal SNR), where sigma~ is unbounded. EDM's schedule gives the same steps either way.
+    Neither wins everywhere: on DDPM's discrete schedule with the trailing grid "sigma" is more accurate at 5 and 9
+    calls, "t" at 19 and 49 (benchmarks/RESULTS.md)."""
     x, t = _churn(ctx, x, t, churn, churn_min, churn_max, churn_noise)
-    velocity = ode_velocity(ctx, x, t)
-    x_euler = x + (t_next - t) * velocity
+    scale, time = _ode_frame(ctx.schedule, t, ode_time)
+    scale_next, time_next = _ode_frame(ctx.schedule, t_next, ode_time)
+    velocity = _frame_velocity(ctx, x, t, ode_time)
+    x_euler = scale_next * (x / scale + (time_next - time) * velocity)
 
     def corrected(_):
-        return x + (t_next - t) * 0.5 * (velocity + ode_velocity(ctx, x_euler, t_next))
+        velocity_next = _frame_velocity(ctx, x_euler, t_next, ode_time)
+        return scale_next * (x / scale + (time_next - time) * 0.5 * (velocity + velocity_next))
 
     x_next = jax.lax.cond(ctx.schedule.sigma(t_next) > 0, corrected, lambda _: x_euler, None)
     return x_next, state
+
+
+def _resolve_ode_time(schedule, ode_time: str) -> str:
+    if ode_time == "auto":
+        with jax.ensure_compile_time_eval():
+            return "sigma" if float(schedule.alpha(1.0)) > 0 else "t"
+    if ode_time not in ("t", "sigma"):
+        raise ValueError(f"unknown ode_time {ode_time!r}; expected 'auto', 't' or 'sigma'")
+    return ode_time
+
+
+def _ode_frame(schedule, t, ode_time: str):
+    """(scale, time) of the ODE's coordinates: state x / scale, integrated in time."""
+    if _resolve_ode_time(schedule, ode_time) == "t":
+        return 1.0, t
+    alpha, sigma = schedule.alpha_sigma(t)
+    return alpha, sigma / alpha
+
+
+def _frame_velocity(ctx: StepContext, x, t, ode_time: str):
+    if _resolve_ode_time(ctx.schedule, ode_time) == "t":
+        return ode_velocity(ctx, x, t)
+    alpha, sigma = ctx.schedule.alpha_sigma(t)
+    return eps_from_x0(x, denoise(ctx, x, t), alpha, sigma)
 
 
 SOLVERS = {

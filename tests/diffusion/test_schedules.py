@@ -146,12 +146,25 @@ def test_schedules_work_under_jit_and_vmap():
     assert all(v.shape == (5,) for v in fn(jnp.linspace(0.1, 0.9, 5)))
 
 
-def test_loop_free_interp_matches_jnp_interp_and_its_gradient():
-    xp = np.cumsum(np.random.default_rng(0).uniform(0.1, 1.0, 40)).astype(np.float32)
-    fp = np.random.default_rng(1).standard_normal(40).astype(np.float32)
-    x = np.concatenate([np.random.default_rng(2).uniform(xp[0] - 2, xp[-1] + 2, 500), xp[1:-1]]).astype(np.float32)
-    ours = jax.jit(lambda x: S._interp(x, xp, fp))
-    np.testing.assert_allclose(ours(x), jnp.interp(x, xp, fp), rtol=1e-6, atol=1e-6)
-    inside = (xp[:-1] + xp[1:]) / 2  # Away from the knots, where the slope is defined.
-    slopes = jax.vmap(jax.grad(lambda x: S._interp(x, xp, fp)))(inside)
-    np.testing.assert_allclose(slopes, np.diff(fp) / np.diff(xp), rtol=1e-4)
+def test_discrete_ddpm_derivative_is_the_centred_difference_and_continuous():
+    """dq/dt at training step i is (q_{i+1} - q_{i-1}) / (2 / T) (one-sided at t = 0 and 1, not halved by a clip),
+    and the same a hair above and below the step: the interpolant is C^1, so solvers see no kinks (issue 16)."""
+    schedule = S.VPDiscrete()
+    betas = np.linspace(1e-4, 0.02, 1000)
+    q = np.concatenate([[0.0], np.cumsum(-np.log(1.0 - betas))])
+    secants = np.diff(q) * 1000
+    expected = np.concatenate([secants[:1], (secants[:-1] + secants[1:]) / 2, secants[-1:]])
+    slope = jax.jit(jax.vmap(jax.grad(schedule.q)))
+    knots = jnp.arange(1001, dtype=jnp.float32) / 1000
+    np.testing.assert_allclose(slope(knots), expected, rtol=1e-4)
+    assert float(slope(jnp.ones(1))[0]) == pytest.approx(20.2027, rel=1e-4)  # beta_end T, not half of it
+    inner = knots[1:-1]
+    kink = np.diff(secants)  # the jump of a linear interpolant's slope at each inner step, ~0.02
+    jump = np.asarray(slope(inner + 1e-6)) - np.asarray(slope(inner - 1e-6))
+    assert np.all(np.abs(jump) < 0.1 * kink), np.abs(jump / kink).max()
+    # Midway, the cubic Hermite value (q_i + q_{i+1}) / 2 + (m_i - m_{i+1}) dt / 8; its inverse is exact.
+    mid = (knots[:-1] + knots[1:]) / 2
+    cubic_mid = (q[:-1] + q[1:]) / 2 + (expected[:-1] - expected[1:]) / 1000 / 8
+    np.testing.assert_allclose(schedule.q(mid), cubic_mid, rtol=2e-6, atol=1e-8)
+    np.testing.assert_allclose(schedule.t_from_q(schedule.q(mid)), mid, atol=1e-6)
+    np.testing.assert_allclose(jax.vmap(jax.grad(lambda t: schedule.t_from_q(schedule.q(t))))(mid), 1.0, rtol=1e-4)
