@@ -92,6 +92,19 @@ def get_base_config() -> ml_collections.ConfigDict:
     sample.seed = 0            # --mode sample: sample i is drawn from fold_in(PRNGKey(seed), i).
     sample.step = ml_collections.FieldReference(None, field_type=int)  # Checkpoint to sample / eval; None: newest.
 
+    config.edit = edit = ml_collections.ConfigDict()  # --mode edit (diffax/modes/edit.py).
+    edit.task = "denoise"      # denoise, img2img or inpaint.
+    edit.input = ""            # A PNG (one image) or an .npz with `images` (N, H, W, C) uint8; "": edit.num_images
+                               # held-out images of data.eval_split.
+    edit.num_images = 8
+    edit.noise_std = 0.2       # denoise: noise std in [0, 1] intensity units, added (edit.add_noise) and removed.
+    edit.add_noise = True      # denoise: add the noise to the input first (False: the input is already noisy).
+    edit.num_steps = 0         # denoise: 0 = the posterior mean in one call; img2img/inpaint: 0 = sample.num_steps.
+    edit.strength = 0.6        # img2img: the share of the sampler's steps that run.
+    edit.mask = ""             # inpaint: a PNG, white = repaint; "": the right half of every image.
+    edit.jump_length = 10      # inpaint: RePaint's resampling (jump_n_sample 1: plain replacement).
+    edit.jump_n_sample = 10
+
     config.eval = evaluation = ml_collections.ConfigDict()
     evaluation.batch_size = 256
     evaluation.num_batches = 4  # Held-out batches for the loss (each with its own noise draws).

@@ -22,14 +22,16 @@ CHOICES = {
     "diffusion.prediction": objectives.PREDICTIONS, "diffusion.noise_conditioning": objectives.NOISE_CONDITIONINGS,
     "diffusion.weighting": objectives.WEIGHTINGS, "diffusion.time_sampling": objectives.TIME_SAMPLERS,
     "optim.decay": DECAYS, "sample.method": SOLVERS, "sample.grid": schedules.TIME_GRIDS,
+    "edit.task": ("denoise", "img2img", "inpaint"),
 }
 POSITIVE = ("diffusion.sigma_data", "optim.learning_rate", "train.batch_size", "train.num_steps",
             "train.grad_accum_steps", "train.steps_per_dispatch", "train.log_every", "train.checkpoint_every",
             "train.keep_checkpoints", "sample.num_steps", "sample.num_samples", "sample.batch_size",
-            "eval.batch_size", "eval.num_batches", "eval.bpd_examples", "bench.steps", "bench.sample_steps")
+            "eval.batch_size", "eval.num_batches", "eval.bpd_examples", "bench.steps", "bench.sample_steps",
+            "edit.num_images", "edit.noise_std", "edit.jump_length", "edit.jump_n_sample")
 NON_NEGATIVE = ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip_norm", "optim.eps",
-                "train.sample_every", "sample.guidance_scale", "sample.seed")
-FRACTIONS = ("optim.b1", "optim.b2", "optim.end_learning_rate_fraction")
+                "train.sample_every", "sample.guidance_scale", "sample.seed", "edit.num_steps")
+FRACTIONS = ("optim.b1", "optim.b2", "optim.end_learning_rate_fraction", "edit.strength")
 
 
 def _require(condition: bool, key: str, value: Any, expected: str) -> None:

@@ -9,7 +9,7 @@ float rounding of the network, whatever the batch size, the number of devices or
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -22,6 +22,9 @@ from diffax import parallel
 from diffax.experiment import Experiment
 from diffax.sampling import classifier_free_guidance, sample
 from diffax.schedules import time_grid
+
+# edit(x0_fn, inputs {name: (B, ...)}, noise (B, *example), keys (B,)) -> (B, *example): what one batch computes.
+Edit = Callable[[Any, dict[str, jax.Array], jax.Array, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,48 +102,71 @@ def sample_noise(seed: jax.Array, indices: jax.Array, shape: tuple[int, ...]) ->
     return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(noise_key, i), shape))(indices)
 
 
-def make_generator(experiment: Experiment, settings: SamplerSettings, mesh: Mesh, batch_size: int):
-    """A jitted generate(params, seed, indices (B,), labels (B,) or None) -> samples (B, *example), replicated.
-
-    Sample b is sample number indices[b] of the draw with `seed` (module docstring); the batch is split over the
-    mesh's devices when batch_size is a multiple of their count.
-    """
+def sampling_edit(experiment: Experiment, settings: SamplerSettings) -> Edit:
+    """The edit that samples from pure noise with `settings` (the generator's)."""
     grid = time_grid(experiment.schedule, settings.num_steps, settings.grid, t_end=settings.t_end)
     options = dict(settings.options)
+
+    def edit(x0_fn, inputs, noise, keys):
+        del inputs
+        return sample(x0_fn, experiment.schedule, noise, grid, settings.method, keys, **options)
+
+    return edit
+
+
+def make_generator(experiment: Experiment, settings: SamplerSettings, mesh: Mesh, batch_size: int,
+                   edit: Edit | None = None):
+    """A jitted generate(params, seed, indices (B,), labels (B,) or None, inputs {name: (B, ...)}) -> (B, *example),
+    replicated: edit(x0_fn, inputs, noise, keys) with the guided denoiser, the noise (B, *example) and solver keys
+    (B,) of samples number `indices` of the draw with `seed` (module docstring); by default `sampling_edit`.
+    The batch is split over the mesh's devices when batch_size is a multiple of their count.
+    """
+    edit = edit or sampling_edit(experiment, settings)
     shape = experiment.example_shape
 
-    def generate(params: Any, seed: jax.Array, indices: jax.Array, labels: jax.Array | None) -> jax.Array:
+    def generate(params: Any, seed: jax.Array, indices: jax.Array, labels: jax.Array | None,
+                 inputs: dict[str, jax.Array]) -> jax.Array:
         noise = sample_noise(seed, indices, shape)
         solver_key = _keys(seed)[1]
         keys = jax.vmap(lambda i: jax.random.fold_in(solver_key, i))(indices)
         if batch_size % mesh.devices.size == 0:  # Split the examples over the devices (else replicated work).
-            noise = jax.lax.with_sharding_constraint(noise, parallel.batch_sharding(mesh))
+            noise, inputs = jax.lax.with_sharding_constraint((noise, inputs), parallel.batch_sharding(mesh))
         x0_fn = make_denoiser(experiment, params, labels, settings.guidance_scale, settings.clip_denoised)
-        return sample(x0_fn, experiment.schedule, noise, grid, settings.method, keys, **options)
+        return edit(x0_fn, inputs, noise, keys)
 
     return jax.jit(generate, out_shardings=parallel.replicated(mesh))
 
 
 def generate_samples(experiment: Experiment, params: Any, settings: SamplerSettings, mesh: Mesh, *,
                      num_samples: int, seed: int, batch_size: int, labels: np.ndarray | None = None,
-                     progress: Any = None) -> np.ndarray:
+                     progress: Any = None, edit: Edit | None = None,
+                     inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Samples 0..num_samples - 1 of the draw with `seed` (N, *example) in the network's data space, in calls of
-    `batch_size` (the last call padded); labels (N,) for class-conditional networks. `progress(n)` is called after
-    each call with the number of samples done."""
+    `batch_size` (the last call padded); labels (N,) for class-conditional networks. With `edit` and its `inputs`
+    {name: (N, ...)} (images to edit, masks), each sample is that edit of its inputs (`make_generator`).
+    `progress(n)` is called after each call with the number of samples done."""
     if experiment.num_classes and labels is None:
         raise ValueError("a class-conditional network needs labels (N,)")
     batch_size = min(batch_size, num_samples)
-    generate = make_generator(experiment, settings, mesh, batch_size)
+    generate = make_generator(experiment, settings, mesh, batch_size, edit)
+    inputs = inputs or {}
     chunks = []
     for start in range(0, num_samples, batch_size):
         indices = np.arange(start, start + batch_size, dtype=np.int32)
         chunk_labels = None if not experiment.num_classes else np.resize(labels[start:start + batch_size],
                                                                            batch_size)
-        samples = generate(params, jnp.uint32(seed), indices, chunk_labels)
+        chunk_inputs = {name: _padded(value[start:start + batch_size], batch_size) for name, value in inputs.items()}
+        samples = generate(params, jnp.uint32(seed), indices, chunk_labels, chunk_inputs)
         chunks.append(np.asarray(parallel.to_host(samples)))
         if progress is not None:
             progress(min(start + batch_size, num_samples))
     return np.concatenate(chunks)[:num_samples]
+
+
+def _padded(values: np.ndarray, size: int) -> np.ndarray:
+    """values (n, ...) with n <= size, its last row repeated to `size` rows."""
+    return np.concatenate([values, np.repeat(values[-1:], size - len(values), axis=0)]) if len(values) < size \
+        else values
 
 
 def to_data_range(samples: np.ndarray, is_image: bool) -> np.ndarray:

@@ -20,11 +20,13 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import PIL.Image
 
 from diffax import generate, parallel
 from diffax.checkpoint import Checkpointer
 from diffax.experiment import Experiment, build_experiment
 from diffax.run_config import read_run_file
+from diffax.sampling import editing
 from diffax.train.optimizer import make_optimizer
 from diffax.train.state import config_abstract_state
 
@@ -98,8 +100,111 @@ class Run:
             labels=generate.sample_labels(num, self.experiment.num_classes, () if labels is None else labels))
         return samples if raw else generate.to_data_range(samples, self.experiment.is_image)
 
+    def _edit(self, edit, images: Any, settings: generate.SamplerSettings, *, labels, seed: int, ema: bool | int,
+              batch_size: int | None, raw: bool, masks: Any = None) -> np.ndarray:
+        """Runs `edit` (`generate.Edit`) over images (and masks) in batches, like `sample`."""
+        inputs = {"image": to_model_images(images, self.experiment.example_shape)}
+        if masks is not None:
+            inputs["mask"] = to_masks(masks, len(inputs["image"]), self.experiment.example_shape)
+        num = len(inputs["image"])
+        out = generate.generate_samples(
+            self.experiment, self.params(ema), settings, self.mesh, num_samples=num, seed=seed,
+            batch_size=batch_size or self.config.sample.batch_size, edit=edit, inputs=inputs,
+            labels=generate.sample_labels(num, self.experiment.num_classes, () if labels is None else labels))
+        return out if raw else generate.to_data_range(out, self.experiment.is_image)
+
+    def denoise(self, images: Any, noise_std: float, *, steps: int = 0, method: str = "ddpm",
+                labels: Sequence[int] | None = None, guidance: float | None = None, seed: int = 0,
+                ema: bool | int = True, batch_size: int | None = None, raw: bool = False) -> np.ndarray:
+        """Denoises images carrying Gaussian noise of std `noise_std` in the [0, 1] intensity scale (e.g. 0.1 is
+        25.5 gray levels): steps 0 returns the posterior mean E[x | y] in one network call, steps > 0 draws from
+        p(x | y) with `method` (`diffax.sampling.editing.denoise`)."""
+        std = 2.0 * noise_std if self.experiment.is_image else noise_std  # In the network's data space.
+
+        def edit(x0_fn, inputs, noise, keys):
+            return editing.denoise(x0_fn, self.experiment.schedule, inputs["image"], std, num_steps=steps,
+                                   method=method, key=keys)
+
+        return self._edit(edit, images, self.sampler_settings(guidance_scale=guidance), labels=labels, seed=seed,
+                          ema=ema, batch_size=batch_size, raw=raw)
+
+    def img2img(self, images: Any, strength: float, *, steps: int | None = None, method: str | None = None,
+                grid: str | None = None, labels: Sequence[int] | None = None, guidance: float | None = None,
+                seed: int = 0, options: dict[str, Any] | None = None, ema: bool | int = True,
+                batch_size: int | None = None, raw: bool = False) -> np.ndarray:
+        """SDEdit: each image noised to the time `strength` and denoised back, running round(strength * steps)
+        of the sampler's steps (`diffax.sampling.editing.img2img`); sampler settings default to the run's."""
+        settings = self.sampler_settings(method=method, num_steps=steps, grid=grid, guidance_scale=guidance,
+                                         options=options)
+
+        def edit(x0_fn, inputs, noise, keys):
+            return editing.img2img(x0_fn, self.experiment.schedule, inputs["image"], strength, noise,
+                                   num_steps=settings.num_steps, grid=settings.grid, method=settings.method,
+                                   key=keys, **dict(settings.options))
+
+        return self._edit(edit, images, settings, labels=labels, seed=seed, ema=ema, batch_size=batch_size,
+                          raw=raw)
+
+    def inpaint(self, images: Any, masks: Any, *, steps: int | None = None, method: str = "ddpm",
+                jump_length: int = 10, jump_n_sample: int = 10, labels: Sequence[int] | None = None,
+                guidance: float | None = None, seed: int = 0, ema: bool | int = True, batch_size: int | None = None,
+                raw: bool = False) -> np.ndarray:
+        """Repaints where the mask is white (1) and keeps the rest exactly (RePaint with jump_length and
+        jump_n_sample; jump_n_sample 1 is plain replacement; `diffax.sampling.editing.inpaint`)."""
+        settings = self.sampler_settings(method=method, num_steps=steps, guidance_scale=guidance, options={})
+
+        def edit(x0_fn, inputs, noise, keys):
+            return editing.inpaint(x0_fn, self.experiment.schedule, inputs["image"], inputs["mask"], noise, keys,
+                                   num_steps=settings.num_steps, grid=settings.grid, method=method,
+                                   jump_length=jump_length, jump_n_sample=jump_n_sample)
+
+        return self._edit(edit, images, settings, labels=labels, seed=seed, ema=ema, batch_size=batch_size,
+                          raw=raw, masks=masks)
+
     def close(self) -> None:
         self._checkpointer.close()
+
+
+def _as_array(images: Any) -> np.ndarray:
+    """A PIL image, a list of them, or an array -> a numpy array (N, ...) (one image gets N = 1)."""
+    if isinstance(images, PIL.Image.Image):
+        images = [images]
+    if isinstance(images, (list, tuple)) and images and isinstance(images[0], PIL.Image.Image):
+        images = np.stack([np.asarray(image) for image in images])
+    return np.asarray(images)
+
+
+def to_model_images(images: Any, example_shape: tuple[int, ...]) -> np.ndarray:
+    """Images as the network sees them, float32 (N, H, W, C) in [-1, 1]: from uint8 (0..255) or float ([0, 1])
+    arrays (N, H, W, C) or one (H, W, C) (without the channel axis for C = 1), or PIL images."""
+    array, shape = _as_array(images), tuple(example_shape)
+    if array.shape == shape:
+        array = array[None]
+    elif shape[-1] == 1 and array.shape == shape[:-1]:
+        array = array[None, ..., None]
+    elif shape[-1] == 1 and array.shape[1:] == shape[:-1]:
+        array = array[..., None]
+    if array.shape[1:] != shape:
+        raise ValueError(f"images of shape {array.shape}: expected (N, {', '.join(map(str, shape))}), the run's data")
+    scale = 255.0 if array.dtype == np.uint8 else 1.0
+    return (array.astype(np.float32) / scale) * 2.0 - 1.0
+
+
+def to_masks(masks: Any, count: int, example_shape: tuple[int, ...]) -> np.ndarray:
+    """Masks float32 (N, H, W, C), 1 where to repaint: PIL images or arrays, white / nonzero = repaint; one mask
+    (H, W) or (H, W, 1) for all images, or one per image (N, H, W), (N, H, W, 1) or (N, H, W, C)."""
+    array, shape = _as_array(masks), tuple(example_shape)
+    array = (array > (127 if array.dtype == np.uint8 else 0.5)).astype(np.float32)
+    if array.shape == shape[:-1]:
+        array = array[None, ..., None]
+    elif array.shape == (*shape[:-1], 1):
+        array = array[None]
+    elif array.shape == (count, *shape[:-1]):
+        array = array[..., None]
+    try:
+        return np.ascontiguousarray(np.broadcast_to(array, (count, *shape)))
+    except ValueError:
+        raise ValueError(f"masks of shape {array.shape} do not fit {count} images of shape {shape}") from None
 
 
 def load_run(workdir: str, step: int | None = None, *, config: ml_collections.ConfigDict | None = None) -> Run:

@@ -112,6 +112,15 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _overlay(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with every value of `top` written over it, section by section."""
+    merged = dict(base)
+    for key, value in top.items():
+        both_sections = isinstance(value, Mapping) and isinstance(merged.get(key), Mapping)
+        merged[key] = _overlay(merged[key], value) if both_sections else value
+    return merged
+
+
 def _is_run_key(key: str) -> bool:
     return any(key == run_key or key.startswith(run_key + ".") for run_key in RUN_KEYS)
 
@@ -159,7 +168,8 @@ def resolve_config(train: bool, file_config: ml_collections.ConfigDict | None, w
     """The config a mode runs with.
 
     Training: the config file with the overrides; resuming a run whose RUN_KEYS differ is an error naming them.
-    Other modes on a workdir that holds a run: the run's config with the overrides (RUN_KEYS may not change).
+    Other modes on a workdir that holds a run: the run's config with the overrides (RUN_KEYS may not change); a
+    config file given too supplies only the keys the run's config lacks (runs saved by older versions).
     Other modes elsewhere (bench on a fresh workdir): the config file with the overrides.
     """
     saved = read_run_file(workdir)
@@ -173,7 +183,8 @@ def resolve_config(train: bool, file_config: ml_collections.ConfigDict | None, w
                 raise ValueError(f"workdir {workdir!r} holds a run trained with other values of {differing}: "
                                  f"resume with its config, or train in a new workdir")
         return config
-    config = apply_overrides(saved[0], overrides)
+    base = saved[0] if file_config is None else to_config(_overlay(file_config.to_dict(), saved[0].to_dict()))
+    config = apply_overrides(base, overrides)
     differing = differing_run_keys(saved[0], config, keys=list(overrides))
     if differing:
         raise ValueError(f"{differing} of the run in {workdir!r} cannot be changed after training (they define the "

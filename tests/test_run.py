@@ -80,3 +80,20 @@ def test_checkpoints_of_the_older_layout_restore(workdir, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(state))
     assert not os.path.exists(tmp_path / "run.json")  # Read from the checkpoint's config instead.
     assert load_run(str(tmp_path)).sample(2, steps=2).shape == (2, 8, 8, 1)
+
+
+def test_editing_a_loaded_run_keeps_what_it_should(workdir):
+    from diffax.run import load_run
+
+    run = load_run(workdir)
+    images = run.sample(4, labels=[2], steps=2, seed=1)
+    assert np.array_equal(run.img2img(images, 0.0, labels=[2]), images)  # Strength 0: nothing runs.
+    assert run.img2img(images, 0.6, steps=5, labels=[2]).shape == images.shape
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:, 4:] = 255  # White: repaint the right half.
+    painted = run.inpaint(images, mask, steps=4, jump_length=2, jump_n_sample=2, labels=[2])
+    np.testing.assert_array_equal(painted[:, :, :4], images[:, :, :4])
+    denoised = run.denoise(images[0], 0.1, labels=[2])  # One image, posterior mean.
+    assert denoised.shape == (1, 8, 8, 1) and denoised.dtype == np.uint8
+    with pytest.raises(ValueError, match=r"images of shape \(4, 8, 9, 1\): expected \(N, 8, 8, 1\)"):
+        run.denoise(np.zeros((4, 8, 9, 1), np.uint8), 0.1)

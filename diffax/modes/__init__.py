@@ -4,10 +4,11 @@
     sample    samples from a trained run (diffax.modes.sample)
     eval      held-out loss and bits/dim of a trained run (diffax.modes.evaluate)
     bench     speed, memory and accuracy on synthetic data (diffax.modes.bench)
+    edit      denoise, img2img or inpaint given images with a trained run (diffax.modes.edit)
 
 Modes sit on the top floor: nothing in diffax imports them but `launch.py`.
 """
 
-from diffax.modes import bench, evaluate, sample, train
+from diffax.modes import bench, edit, evaluate, sample, train
 
-MODES = {"train": train.run, "sample": sample.run, "eval": evaluate.run, "bench": bench.run}
+MODES = {"train": train.run, "sample": sample.run, "eval": evaluate.run, "bench": bench.run, "edit": edit.run}

@@ -142,8 +142,8 @@ def bench_sampling(experiment: Experiment, mesh, params) -> dict:
     denoise_seconds = seconds_per_call(denoise, params, x, t, labels, repeats=experiment.config.bench.steps)
     generator = generate.make_generator(experiment, settings, mesh, batch_size)
     indices = np.arange(batch_size, dtype=np.int32)
-    compile_seconds, sampler = _compile(generator, params, jnp.uint32(0), indices, labels)
-    sample_seconds = seconds_per_call(sampler, params, jnp.uint32(0), indices, labels, repeats=1)
+    compile_seconds, sampler = _compile(generator, params, jnp.uint32(0), indices, labels, {})
+    sample_seconds = seconds_per_call(sampler, params, jnp.uint32(0), indices, labels, {}, repeats=1)
     sampler_step_seconds = sample_seconds / settings.num_steps
     return {"sample_batch_size": batch_size, "denoiser_ms": 1e3 * denoise_seconds,
             "denoiser_examples_per_second": batch_size / denoise_seconds,

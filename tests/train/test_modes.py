@@ -67,6 +67,22 @@ def test_sampling_a_tfds_recipe_run_needs_no_data_directory(tfds_dir, tmp_path):
     assert os.path.exists(tmp_path / "samples" / "0000004_ddpm_2-trailing_g1_clip_ema0.999_seed0_n2.npz")
 
 
+def test_edit_mode_writes_strips_and_scores_denoising(trained):
+    from diffax.modes import edit
+
+    config, workdir = trained
+    config = config.copy_and_resolve_references()
+    config.edit.update(num_images=3, num_steps=2, jump_length=1, jump_n_sample=2)
+    for task in ("denoise", "inpaint"):
+        config.edit.task = task
+        path = edit.run(config, str(workdir))
+        assert np.asarray(PIL.Image.open(path)).shape[1] > 3 * 8  # Three columns: original, given, result.
+    saved = np.load(path.replace(".png", ".npz"))
+    np.testing.assert_array_equal(saved["result"][:, :, :4], saved["original"][:, :, :4])  # The kept left half.
+    report = json.load(open(str(workdir / "edits" / "0000004_denoise_std0.2_steps2_seed0_n3.json")))
+    assert {"noisy_psnr", "denoised_psnr", "best_blur_psnr", "best_blur_radius"} <= set(report)
+
+
 def test_a_loaded_run_refuses_changes_to_what_it_trained(trained):
     from diffax.run_config import resolve_config
 
