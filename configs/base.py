@@ -97,7 +97,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     edit.input = ""            # A PNG (one image) or an .npz with `images` (N, H, W, C) uint8; "": edit.num_images
                                # held-out images of data.eval_split.
     edit.num_images = 8
-    edit.noise_std = 0.2       # denoise: noise std in [0, 1] intensity units, added (edit.add_noise) and removed.
+    edit.noise_std = (0.1, 0.2, 0.4)  # denoise: noise stds in [0, 1] intensity units, added (edit.add_noise), removed.
     edit.add_noise = True      # denoise: add the noise to the input first (False: the input is already noisy).
     edit.num_steps = 0         # denoise: 0 = the posterior mean in one call; img2img/inpaint: 0 = sample.num_steps.
     edit.strength = 0.6        # img2img: the share of the sampler's steps that run.

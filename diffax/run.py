@@ -13,6 +13,7 @@ parameter set is read from the checkpoint, never the optimizer state, and the da
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -102,15 +103,19 @@ class Run:
 
     def _edit(self, edit, images: Any, settings: generate.SamplerSettings, *, labels, seed: int, ema: bool | int,
               batch_size: int | None, raw: bool, masks: Any = None) -> np.ndarray:
-        """Runs `edit` (`generate.Edit`) over images (and masks) in batches, like `sample`."""
+        """Runs `edit` (`generate.Edit`) over images (and masks) in batches, like `sample`; without labels a
+        class-conditional run edits with its unconditional denoiser (the null class)."""
         inputs = {"image": to_model_images(images, self.experiment.example_shape)}
         if masks is not None:
             inputs["mask"] = to_masks(masks, len(inputs["image"]), self.experiment.example_shape)
         num = len(inputs["image"])
+        label_array = generate.sample_labels(num, self.experiment.num_classes, () if labels is None else labels)
+        if labels is None and self.experiment.num_classes:  # Unknown classes: the unconditional denoiser.
+            label_array = np.full(num, self.experiment.num_classes, np.int32)
+            settings = dataclasses.replace(settings, guidance_scale=1.0)
         out = generate.generate_samples(
             self.experiment, self.params(ema), settings, self.mesh, num_samples=num, seed=seed,
-            batch_size=batch_size or self.config.sample.batch_size, edit=edit, inputs=inputs,
-            labels=generate.sample_labels(num, self.experiment.num_classes, () if labels is None else labels))
+            batch_size=batch_size or self.config.sample.batch_size, edit=edit, inputs=inputs, labels=label_array)
         return out if raw else generate.to_data_range(out, self.experiment.is_image)
 
     def denoise(self, images: Any, noise_std: float, *, steps: int = 0, method: str = "ddpm",

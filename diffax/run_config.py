@@ -83,6 +83,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, s
                              f"{sorted(node.keys())}")
         current = node.get(leaf)
         value = _parse(text, current, node.get_type(leaf) if leaf in node else None)
+        if isinstance(current, tuple) and not isinstance(value, (tuple, list)):
+            value = (value,)  # One item where the key holds a tuple, e.g. train.ema_decays=0.999.
         try:
             node[leaf] = value
         except TypeError as error:

@@ -7,10 +7,11 @@ The images are config.edit.input (a PNG, or an .npz with uint8 `images`), else e
 data.eval_split. Writes, under a name that records the settings,
 
     WORKDIR/edits/<step>_<task>_<settings>_seed<seed>_n<count>
-        .png   a strip per image: original | what the network was given (noisy, masked, ...) | result
-        .npz   `original`, `given`, `result` (uint8)
-        .json  the settings and, for denoise, the PSNR of the noisy input, of the result and of the best Gaussian
-               blur of the noisy input (the classical baseline)
+        .png   a strip per image: original | what the network was given (noisy, masked, ...) | result, with one
+               (given, result) pair per noise level of edit.noise_std
+        .npz   `original` (N, H, W, C), `given` and `result` (N, levels, H, W, C), uint8
+        .json  the settings and, for denoise, per noise level the PSNR of the noisy input, of the result and of
+               the best Gaussian blur of the noisy input (the classical baseline)
 """
 
 from __future__ import annotations
@@ -43,20 +44,35 @@ def input_images(run: Run, edit: ml_collections.ConfigDict) -> np.ndarray:
     return generate.to_data_range(next(iterator)["image"], is_image=True)
 
 
-def _given_and_result(run: Run, edit: ml_collections.ConfigDict, images: np.ndarray, labels, seed: int):
-    """(what the network is given, the result), both uint8 (N, H, W, C), and the settings' name."""
-    steps = edit.num_steps or None
-    if edit.task == "denoise":
+def _denoise(run: Run, edit: ml_collections.ConfigDict, images: np.ndarray, labels, seed: int):
+    """([noisy at each level], [denoised at each level]) uint8, and the report's per-level PSNRs."""
+    given, results, scores = [], [], {}
+    for level, std in enumerate(edit.noise_std):
         noisy = images
         if edit.add_noise:
-            rng = np.random.default_rng(seed)
-            noisy = np.clip(np.round(images + 255.0 * edit.noise_std * rng.standard_normal(images.shape)), 0, 255)
+            rng = np.random.default_rng([seed, level])
+            noisy = np.clip(np.round(images + 255.0 * std * rng.standard_normal(images.shape)), 0, 255)
             noisy = noisy.astype(np.uint8)
-        result = run.denoise(noisy, edit.noise_std, steps=edit.num_steps, labels=labels, seed=seed)
-        return noisy, result, f"std{edit.noise_std:g}_steps{edit.num_steps}"
+        result = run.denoise(noisy, std, steps=edit.num_steps, labels=labels, seed=seed)
+        radius, blur_psnr = image_quality.best_blur(noisy, images)
+        scores[f"{std:g}"] = {"noisy_psnr": float(np.mean(image_quality.psnr(noisy, images))),
+                              "denoised_psnr": float(np.mean(image_quality.psnr(result, images))),
+                              "best_blur_radius": radius, "best_blur_psnr": blur_psnr}
+        given.append(noisy)
+        results.append(result)
+    return given, results, {"psnr_by_noise_std": scores}
+
+
+def _edit(run: Run, edit: ml_collections.ConfigDict, images: np.ndarray, labels, seed: int):
+    """([what the network is given], [results]), uint8 (N, H, W, C) each, the settings' name and the report."""
+    steps = edit.num_steps or None
+    if edit.task == "denoise":
+        given, results, report = _denoise(run, edit, images, labels, seed)
+        levels = "-".join(f"{std:g}" for std in edit.noise_std)
+        return given, results, f"std{levels}_steps{edit.num_steps}", report
     if edit.task == "img2img":
         result = run.img2img(images, edit.strength, steps=steps, labels=labels, seed=seed)
-        return images, result, f"strength{edit.strength:g}_{run.sampler_settings(num_steps=steps).describe()}"
+        return [images], [result], f"strength{edit.strength:g}_{run.sampler_settings(num_steps=steps).describe()}", {}
     if edit.mask:
         masks = np.asarray(PIL.Image.open(edit.mask))
     else:
@@ -66,7 +82,8 @@ def _given_and_result(run: Run, edit: ml_collections.ConfigDict, images: np.ndar
                          labels=labels, seed=seed)
     mask = to_masks(masks, len(images), images.shape[1:]) > 0
     given = np.where(mask, 127, images).astype(np.uint8)  # Grey where the network repaints.
-    return given, result, f"jump{edit.jump_length}x{edit.jump_n_sample}_steps{steps or run.config.sample.num_steps}"
+    settings = f"jump{edit.jump_length}x{edit.jump_n_sample}_steps{steps or run.config.sample.num_steps}"
+    return [given], [result], settings, {}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -75,19 +92,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
     trained = load_run(workdir, config.sample.step, config=config)
     images = input_images(trained, edit)
     labels = list(config.sample.labels) or None
-    given, result, settings = _given_and_result(trained, edit, images, labels, config.sample.seed)
+    given, results, settings, report = _edit(trained, edit, images, labels, config.sample.seed)
     name = f"{trained.step:07d}_{edit.task}_{settings}_seed{config.sample.seed}_n{len(images)}"
     path = os.path.join(workdir, "edits", name)
-    report = {"task": edit.task, "step": trained.step, "settings": settings, "count": len(images)}
-    if edit.task == "denoise":
-        radius, blur_psnr = image_quality.best_blur(given, images)
-        report.update(noisy_psnr=float(np.mean(image_quality.psnr(given, images))),
-                      denoised_psnr=float(np.mean(image_quality.psnr(result, images))),
-                      best_blur_radius=radius, best_blur_psnr=blur_psnr)
+    report = {"task": edit.task, "step": trained.step, "settings": settings, "count": len(images), **report}
     if jax.process_index() == 0:
-        strips = np.stack([images, given, result], axis=1).reshape(-1, *images.shape[1:])
-        grid.samples_png(strips / 127.5 - 1.0, path + ".png", is_image=True, columns=3)
-        np.savez(path + ".npz", original=images, given=given, result=result)
+        columns = [images] + [image for pair in zip(given, results) for image in pair]
+        strips = np.stack(columns, axis=1).reshape(-1, *images.shape[1:])
+        grid.samples_png(strips / 127.5 - 1.0, path + ".png", is_image=True, columns=len(columns))
+        np.savez(path + ".npz", original=images, given=np.stack(given, 1), result=np.stack(results, 1))
         with open(path + ".json", "w") as file:
             json.dump(report, file, indent=1)
         logging.info("wrote %s.png, .npz and .json: %s", path, report)

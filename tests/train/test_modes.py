@@ -72,15 +72,15 @@ def test_edit_mode_writes_strips_and_scores_denoising(trained):
 
     config, workdir = trained
     config = config.copy_and_resolve_references()
-    config.edit.update(num_images=3, num_steps=2, jump_length=1, jump_n_sample=2)
+    config.edit.update(num_images=3, num_steps=2, jump_length=1, jump_n_sample=2, noise_std=(0.2,))
     for task in ("denoise", "inpaint"):
         config.edit.task = task
         path = edit.run(config, str(workdir))
         assert np.asarray(PIL.Image.open(path)).shape[1] > 3 * 8  # Three columns: original, given, result.
     saved = np.load(path.replace(".png", ".npz"))
-    np.testing.assert_array_equal(saved["result"][:, :, :4], saved["original"][:, :, :4])  # The kept left half.
+    np.testing.assert_array_equal(saved["result"][:, 0, :, :4], saved["original"][:, :, :4])  # The kept left half.
     report = json.load(open(str(workdir / "edits" / "0000004_denoise_std0.2_steps2_seed0_n3.json")))
-    assert {"noisy_psnr", "denoised_psnr", "best_blur_psnr", "best_blur_radius"} <= set(report)
+    assert {"noisy_psnr", "denoised_psnr", "best_blur_psnr", "best_blur_radius"} <= set(report["psnr_by_noise_std"]["0.2"])
 
 
 def test_a_loaded_run_refuses_changes_to_what_it_trained(trained):
