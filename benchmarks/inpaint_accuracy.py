@@ -24,13 +24,11 @@ ROWS = [(100, 1, 1), (250, 1, 1), (100, 5, 5), (100, 5, 10), (100, 5, 20), (100,
 
 
 def main(n: int = 10_000) -> None:
-    gaussian = mixture.GaussianMixture.from_covariances(np.ones(1), MEAN[None], COV[None])
+    gaussian = mixture.gaussian(MEAN, COV)
     schedule = schedules.get_schedule("vp_cosine")
     known, unknown = [0, 1], [2, 3]
     x_known = np.array([1.2, -0.8, 0.0, 0.0], np.float32)
-    gain = COV[np.ix_(unknown, known)] @ np.linalg.inv(COV[np.ix_(known, known)])
-    cond_mean = MEAN[unknown] + gain @ (x_known[known] - MEAN[known])
-    cond_cov = COV[np.ix_(unknown, unknown)] - gain @ COV[np.ix_(known, unknown)]
+    cond_mean, cond_cov = mixture.gaussian_conditional(MEAN, COV, known, x_known)
     x = jnp.broadcast_to(x_known, (n, 4))
     noise = jax.random.normal(jax.random.key(4), (n, 4))
     print("| steps | jump_length | jump_n_sample | denoiser calls | mean error | covariance error | seconds |")

@@ -128,6 +128,20 @@ def gaussian(mean, covariance) -> GaussianMixture:
     return GaussianMixture.from_covariances([1.0], mean[None], np.asarray(covariance, np.float64)[None])
 
 
+def gaussian_conditional(mean, covariance, known, values) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, covariance) of the other coordinates of N(mean, S) given x[known] = values[known]:
+
+        x_u | x_k ~ N(mu_u + S_uk S_kk^-1 (x_k - mu_k), S_uu - S_uk S_kk^-1 S_ku)
+
+    known: indices of the given coordinates; values: (D,) (only values[known] is read)."""
+    mean, covariance = np.asarray(mean, np.float64), np.asarray(covariance, np.float64)
+    known = np.asarray(known)
+    unknown = np.setdiff1d(np.arange(len(mean)), known)
+    gain = covariance[np.ix_(unknown, known)] @ np.linalg.inv(covariance[np.ix_(known, known)])
+    conditional_mean = mean[unknown] + gain @ (np.asarray(values, np.float64)[known] - mean[known])
+    return conditional_mean, covariance[np.ix_(unknown, unknown)] - gain @ covariance[np.ix_(known, unknown)]
+
+
 def toy_mixture_2d(num_modes: int = 8, radius: float = 2.0, std: float = 0.3) -> GaussianMixture:
     """num_modes equal-weight isotropic Gaussians evenly spaced on a circle: the classic 2-D toy data set."""
     angles = 2 * np.pi * np.arange(num_modes) / num_modes

@@ -67,3 +67,11 @@ def test_any_data_shape_and_exact_ends():
         gaussian.denoise(jnp.ones((2, 5)), 0.5, S.VPLinear())
     with pytest.raises(ValueError, match="positive definite"):
         M.gaussian(np.zeros(2), np.zeros((2, 2)))
+
+
+def test_gaussian_conditional_in_two_dimensions():
+    """(a, b) standard normal with correlation r: b | a ~ N(r a, 1 - r^2)."""
+    r, a = 0.6, 1.5
+    mean, covariance = M.gaussian_conditional([0.0, 0.0], [[1.0, r], [r, 1.0]], [0], [a, 0.0])
+    np.testing.assert_allclose(mean, [r * a])
+    np.testing.assert_allclose(covariance, [[1.0 - r**2]])
