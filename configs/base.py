@@ -100,6 +100,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     edit.noise_std = (0.1, 0.2, 0.4)  # denoise: noise stds in [0, 1] intensity units, added (edit.add_noise), removed.
     edit.add_noise = True      # denoise: add the noise to the input first (False: the input is already noisy).
     edit.num_steps = 0         # denoise: 0 = the posterior mean in one call; img2img/inpaint: 0 = sample.num_steps.
+    edit.intermediates = 0     # denoise with num_steps > 0: states of the run shown between noisy and result.
     edit.strength = 0.6        # img2img: the share of the sampler's steps that run.
     edit.mask = ""             # inpaint: a PNG, white = repaint; "": the right half of every image.
     edit.jump_length = 10      # inpaint: RePaint's resampling (jump_n_sample 1: plain replacement).

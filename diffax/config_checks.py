@@ -30,7 +30,8 @@ POSITIVE = ("diffusion.sigma_data", "optim.learning_rate", "train.batch_size", "
             "eval.batch_size", "eval.num_batches", "eval.bpd_examples", "bench.steps", "bench.sample_steps",
             "edit.num_images", "edit.jump_length", "edit.jump_n_sample")
 NON_NEGATIVE = ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip_norm", "optim.eps",
-                "train.sample_every", "sample.guidance_scale", "sample.seed", "edit.num_steps")
+                "train.sample_every", "sample.guidance_scale", "sample.seed", "edit.num_steps",
+                "edit.intermediates")
 FRACTIONS = ("optim.b1", "optim.b2", "optim.end_learning_rate_fraction", "edit.strength")
 
 
@@ -96,6 +97,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(all(isinstance(label, int) and label >= 0 for label in sample.labels), "sample.labels", sample.labels,
              "a tuple of class indices, e.g. (3, 5)")
     parse_shape(config.bench.example_shape, "bench.example_shape")
+    _require(config.edit.intermediates <= config.edit.num_steps, "edit.intermediates", config.edit.intermediates,
+             f"at most edit.num_steps = {config.edit.num_steps} (states of the reverse run)")
     levels = config.edit.noise_std
     _require(len(levels) > 0 and all(_is_number(std) and std > 0 for std in levels), "edit.noise_std", levels,
              "a tuple of positive numbers")

@@ -119,16 +119,18 @@ class Run:
         return out if raw else generate.to_data_range(out, self.experiment.is_image)
 
     def denoise(self, images: Any, noise_std: float, *, steps: int = 0, method: str = "ddpm",
-                labels: Sequence[int] | None = None, guidance: float | None = None, seed: int = 0,
-                ema: bool | int = True, batch_size: int | None = None, raw: bool = False) -> np.ndarray:
+                intermediates: int = 0, labels: Sequence[int] | None = None, guidance: float | None = None,
+                seed: int = 0, ema: bool | int = True, batch_size: int | None = None, raw: bool = False
+                ) -> np.ndarray:
         """Denoises images carrying Gaussian noise of std `noise_std` in the [0, 1] intensity scale (e.g. 0.1 is
         25.5 gray levels): steps 0 returns the posterior mean E[x | y] in one network call, steps > 0 draws from
-        p(x | y) with `method` (`diffax.sampling.editing.denoise`)."""
+        p(x | y) with `method` (`diffax.sampling.editing.denoise`); intermediates k > 0 returns (N, k + 1, ...):
+        k states along the run, then the result."""
         std = 2.0 * noise_std if self.experiment.is_image else noise_std  # In the network's data space.
 
         def edit(x0_fn, inputs, noise, keys):
             return editing.denoise(x0_fn, self.experiment.schedule, inputs["image"], std, num_steps=steps,
-                                   method=method, key=keys)
+                                   method=method, key=keys, intermediates=intermediates)
 
         return self._edit(edit, images, self.sampler_settings(guidance_scale=guidance), labels=labels, seed=seed,
                           ema=ema, batch_size=batch_size, raw=raw)

@@ -3,12 +3,13 @@
     python launch.py --workdir /tmp/diffax_digits --mode edit --config.edit.task=denoise --config.edit.noise_std=0.2
     python launch.py --workdir /tmp/diffax_digits --mode edit --config.edit.task=inpaint --config.edit.mask=mask.png
 
-The images are config.edit.input (a PNG, or an .npz with uint8 `images`), else edit.num_images held-out images of
+The parameters are the EMA of config.sample.ema_index (-1: raw), the checkpoint config.sample.step. The images
+are config.edit.input (a PNG, or an .npz with uint8 `images`), else edit.num_images held-out images of
 data.eval_split. Writes, under a name that records the settings,
 
     WORKDIR/edits/<step>_<task>_<settings>_seed<seed>_n<count>
-        .png   a strip per image: original | what the network was given (noisy, masked, ...) | result, with one
-               (given, result) pair per noise level of edit.noise_std
+        .png   a strip per image: original | what the network was given (noisy, masked, ...) | result; for
+               denoise, per noise level of edit.noise_std: noisy | edit.intermediates states of the run | result
         .npz   `original` (N, H, W, C), `given` and `result` (N, levels, H, W, C), uint8
         .json  the settings and, for denoise, per noise level the PSNR of the noisy input, of the result and of
                the best Gaussian blur of the noisy input (the classical baseline)
@@ -44,46 +45,51 @@ def input_images(run: Run, edit: ml_collections.ConfigDict) -> np.ndarray:
     return generate.to_data_range(next(iterator)["image"], is_image=True)
 
 
-def _denoise(run: Run, edit: ml_collections.ConfigDict, images: np.ndarray, labels, seed: int):
-    """([noisy at each level], [denoised at each level]) uint8, and the report's per-level PSNRs."""
-    given, results, scores = [], [], {}
+def _denoise(run: Run, edit: ml_collections.ConfigDict, images: np.ndarray, labels, seed: int, ema: int):
+    """(strip columns: per noise level the noisy images, edit.intermediates states and the result; the noisy and
+    denoised images (N, levels, ...); the report's per-level PSNRs)."""
+    columns, noisy_levels, results, scores = [], [], [], {}
     for level, std in enumerate(edit.noise_std):
         noisy = images
         if edit.add_noise:
             rng = np.random.default_rng([seed, level])
             noisy = np.clip(np.round(images + 255.0 * std * rng.standard_normal(images.shape)), 0, 255)
             noisy = noisy.astype(np.uint8)
-        result = run.denoise(noisy, std, steps=edit.num_steps, labels=labels, seed=seed)
+        out = run.denoise(noisy, std, steps=edit.num_steps, intermediates=edit.intermediates, labels=labels,
+                          seed=seed, ema=ema)
+        states = list(np.moveaxis(out, 1, 0)) if edit.intermediates else [out]  # The result last.
         radius, blur_psnr = image_quality.best_blur(noisy, images)
         scores[f"{std:g}"] = {"noisy_psnr": float(np.mean(image_quality.psnr(noisy, images))),
-                              "denoised_psnr": float(np.mean(image_quality.psnr(result, images))),
+                              "denoised_psnr": float(np.mean(image_quality.psnr(states[-1], images))),
                               "best_blur_radius": radius, "best_blur_psnr": blur_psnr}
-        given.append(noisy)
-        results.append(result)
-    return given, results, {"psnr_by_noise_std": scores}
+        columns += [noisy, *states]
+        noisy_levels.append(noisy)
+        results.append(states[-1])
+    return columns, np.stack(noisy_levels, 1), np.stack(results, 1), {"psnr_by_noise_std": scores}
 
 
-def _edit(run: Run, edit: ml_collections.ConfigDict, images: np.ndarray, labels, seed: int):
-    """([what the network is given], [results]), uint8 (N, H, W, C) each, the settings' name and the report."""
+def _edit(run: Run, edit: ml_collections.ConfigDict, images: np.ndarray, labels, seed: int, ema: int):
+    """(strip columns after the original, what the network was given and the results (N, levels, ...), the
+    settings' name, the report), all images uint8."""
     steps = edit.num_steps or None
     if edit.task == "denoise":
-        given, results, report = _denoise(run, edit, images, labels, seed)
+        columns, given, results, report = _denoise(run, edit, images, labels, seed, ema)
         levels = "-".join(f"{std:g}" for std in edit.noise_std)
-        return given, results, f"std{levels}_steps{edit.num_steps}", report
+        return columns, given, results, f"std{levels}_steps{edit.num_steps}", report
     if edit.task == "img2img":
-        result = run.img2img(images, edit.strength, steps=steps, labels=labels, seed=seed)
-        return [images], [result], f"strength{edit.strength:g}_{run.sampler_settings(num_steps=steps).describe()}", {}
+        result = run.img2img(images, edit.strength, steps=steps, labels=labels, seed=seed, ema=ema)
+        settings = f"strength{edit.strength:g}_{run.sampler_settings(num_steps=steps).describe()}"
+        return [images, result], images[:, None], result[:, None], settings, {}
     if edit.mask:
         masks = np.asarray(PIL.Image.open(edit.mask))
     else:
         masks = np.zeros(images.shape[1:3], np.uint8)
         masks[:, images.shape[2] // 2:] = 255
     result = run.inpaint(images, masks, steps=steps, jump_length=edit.jump_length, jump_n_sample=edit.jump_n_sample,
-                         labels=labels, seed=seed)
-    mask = to_masks(masks, len(images), images.shape[1:]) > 0
-    given = np.where(mask, 127, images).astype(np.uint8)  # Grey where the network repaints.
+                         labels=labels, seed=seed, ema=ema)
+    given = np.where(to_masks(masks, len(images), images.shape[1:]) > 0, 127, images).astype(np.uint8)
     settings = f"jump{edit.jump_length}x{edit.jump_n_sample}_steps{steps or run.config.sample.num_steps}"
-    return [given], [result], settings, {}
+    return [given, result], given[:, None], result[:, None], settings, {}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -92,15 +98,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
     trained = load_run(workdir, config.sample.step, config=config)
     images = input_images(trained, edit)
     labels = list(config.sample.labels) or None
-    given, results, settings, report = _edit(trained, edit, images, labels, config.sample.seed)
+    columns, given, results, settings, report = _edit(trained, edit, images, labels, config.sample.seed,
+                                                       config.sample.ema_index)
     name = f"{trained.step:07d}_{edit.task}_{settings}_seed{config.sample.seed}_n{len(images)}"
     path = os.path.join(workdir, "edits", name)
     report = {"task": edit.task, "step": trained.step, "settings": settings, "count": len(images), **report}
     if jax.process_index() == 0:
-        columns = [images] + [image for pair in zip(given, results) for image in pair]
-        strips = np.stack(columns, axis=1).reshape(-1, *images.shape[1:])
-        grid.samples_png(strips / 127.5 - 1.0, path + ".png", is_image=True, columns=len(columns))
-        np.savez(path + ".npz", original=images, given=np.stack(given, 1), result=np.stack(results, 1))
+        strips = np.stack([images, *columns], axis=1).reshape(-1, *images.shape[1:])
+        grid.samples_png(strips / 127.5 - 1.0, path + ".png", is_image=True, columns=len(columns) + 1)
+        np.savez(path + ".npz", original=images, given=given, result=results)
         with open(path + ".json", "w") as file:
             json.dump(report, file, indent=1)
         logging.info("wrote %s.png, .npz and .json: %s", path, report)

@@ -31,7 +31,7 @@ import numpy as np
 
 from diffax.sampling import driver
 from diffax.sampling.common import StepContext, X0Fn, as_typed_keys, fold_in, gaussian_like, split_key
-from diffax.schedules import Schedule, time_grid
+from diffax.schedules import Schedule, broadcast_to_data, time_grid
 
 Array = jax.Array
 
@@ -42,17 +42,31 @@ def noise_std_time(schedule: Schedule, noise_std: float | Array) -> Array:
 
 
 def denoise(x0_fn: X0Fn, schedule: Schedule, noisy: Array, noise_std: float, *, num_steps: int = 0,
-            method: str = "ddpm", key: Array | None = None, grid: str = "uniform", **options) -> Array:
+            method: str = "ddpm", key: Array | None = None, grid: str = "uniform", intermediates: int = 0,
+            **options) -> Array:
     """Denoises y = x0 + noise_std * eps (B, *data): num_steps 0 gives the posterior mean E[x0 | y] in one
     denoiser call; num_steps > 0 runs the reverse process from alpha(t*) y at t* to t = 0 on a `grid` of that
-    kind from t* (module docstring). noise_std: a number (or, for num_steps 0, an array)."""
+    kind from t* (module docstring). noise_std: a number (or, for num_steps 0, an array).
+
+    intermediates k > 0 (with num_steps >= k) returns (B, k + 1, *data) instead: the states x_t / alpha(t) at k
+    evenly spaced steps of the run (in data scale, the noise shrinking), then the result.
+    """
     if num_steps == 0:
+        if intermediates:
+            raise ValueError(f"intermediates {intermediates} need a reverse run: pass num_steps >= {intermediates}")
         t_star = noise_std_time(schedule, noise_std)
         return x0_fn(schedule.alpha(t_star) * noisy, jnp.full(noisy.shape[:1], t_star))
     with jax.ensure_compile_time_eval():  # The grid's start must be a number.
         t_star = float(noise_std_time(schedule, noise_std))
     times = time_grid(schedule, num_steps, grid, t_start=t_star)
-    return driver.sample_from(x0_fn, schedule, schedule.alpha(t_star) * noisy, times, method, key, **options)
+    x_start = schedule.alpha(t_star) * noisy
+    if not intermediates:
+        return driver.sample_from(x0_fn, schedule, x_start, times, method, key, **options)
+    result, states = driver.sample_from(x0_fn, schedule, x_start, times, method, key, return_trajectory=True,
+                                        **options)
+    picks = np.linspace(0, num_steps - 1, intermediates).round().astype(int)  # States before the last step.
+    shown = states[picks] / broadcast_to_data(schedule.alpha(times[picks]), states[picks])  # (k, B, *data)
+    return jnp.concatenate([shown, result[None]]).swapaxes(0, 1)
 
 
 def img2img_grid(schedule: Schedule, num_steps: int, strength: float, kind: str = "uniform") -> Array:

@@ -103,3 +103,16 @@ def test_inpainting_refuses_a_solver_with_memory():
     x = jnp.zeros((2, 4))
     with pytest.raises(ValueError, match="needs a solver without memory; 'dpmpp_2m'"):
         editing.inpaint(GAUSSIAN.x0_fn(schedule), schedule, x, jnp.ones(4), x, jax.random.key(0), method="dpmpp_2m")
+
+
+def test_denoise_intermediates_end_with_the_run_and_start_near_the_noisy_input():
+    schedule, noise_std = schedules.get_schedule("vp_cosine"), 0.3
+    y = jnp.asarray(np.random.default_rng(3).normal(size=(5, 4)) + MEAN, jnp.float32)
+    run = dict(num_steps=6, method="ddim")
+    plain = editing.denoise(GAUSSIAN.x0_fn(schedule), schedule, y, noise_std, **run)
+    shown = editing.denoise(GAUSSIAN.x0_fn(schedule), schedule, y, noise_std, intermediates=3, **run)
+    assert shown.shape == (5, 4, 4)
+    np.testing.assert_allclose(shown[:, -1], plain, atol=1e-6)
+    np.testing.assert_allclose(shown[:, 0], y, atol=1e-5)  # The first state, x_t* / alpha(t*), is y itself.
+    with pytest.raises(ValueError, match="intermediates 2 need a reverse run"):
+        editing.denoise(GAUSSIAN.x0_fn(schedule), schedule, y, noise_std, intermediates=2)
