@@ -18,13 +18,13 @@ data.eval_split. Writes, under a name that records the settings,
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import ml_collections
 import numpy as np
 import PIL.Image
 from absl import logging
+from etils import epath
 
 from diffax import generate
 from diffax.evaluation import grid, image_quality
@@ -101,14 +101,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
     columns, given, results, settings, report = _edit(trained, edit, images, labels, config.sample.seed,
                                                        config.sample.ema_index)
     name = f"{trained.step:07d}_{edit.task}_{settings}_seed{config.sample.seed}_n{len(images)}"
-    path = os.path.join(workdir, "edits", name)
+    path = str(epath.Path(workdir) / "edits" / name)
     report = {"task": edit.task, "step": trained.step, "settings": settings, "count": len(images), **report}
     if jax.process_index() == 0:
         strips = np.stack([images, *columns], axis=1).reshape(-1, *images.shape[1:])
         grid.samples_png(strips / 127.5 - 1.0, path + ".png", is_image=True, columns=len(columns) + 1)
-        np.savez(path + ".npz", original=images, given=given, result=results)
-        with open(path + ".json", "w") as file:
-            json.dump(report, file, indent=1)
+        with epath.Path(path + ".npz").open("wb") as file:  # epath: a gs:// workdir writes to the bucket.
+            np.savez(file, original=images, given=given, result=results)
+        epath.Path(path + ".json").write_text(json.dumps(report, indent=1))
         logging.info("wrote %s.png, .npz and .json: %s", path, report)
     trained.close()
     return path + ".png"
