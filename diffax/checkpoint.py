@@ -172,9 +172,9 @@ class Checkpointer:
                              f"a kill): restoring it unverified")
                 self._told_unverified = True
             self._manager.item_metadata(step)["state"]
-            for item in ("data", "config"):  # Small JSON items: parse them.
-                for file in (step_dir / item).iterdir() if (step_dir / item).exists() else ():
-                    json.loads(file.read_text())
+            for item in ("data", "config"):  # The JSON items (Orbax's JsonCheckpointHandler file): parse them.
+                if (step_dir / item).exists():
+                    json.loads((step_dir / item / "metadata").read_text())
         except (OSError, ValueError, KeyError, TypeError) as error:
             return f"unreadable ({type(error).__name__}: {_first_line(error)})"
         return None

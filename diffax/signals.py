@@ -60,11 +60,10 @@ def handled() -> Iterator[None]:
     try:
         yield
     finally:
-        _state["loop"] = False
         if previous is not None:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            _state.update(installed=False, requested=None)
+            _state.update(installed=False, loop=False, requested=None)
 
 
 def first_step_done() -> None:

@@ -210,7 +210,9 @@ def restore_train_state(config: ml_collections.ConfigDict, workdir: str, step: i
     experiment = build_experiment(config, saved[1] if saved else None)
     mesh = parallel.mesh_from_config(config.mesh)
     checkpointer = Checkpointer(workdir, max_to_keep=None)
-    checkpointer.check_step(step)
-    state, _, _ = restore_or_create(experiment, mesh, checkpointer, step)
-    checkpointer.close()
+    try:
+        checkpointer.check_step(step)
+        state, _, _ = restore_or_create(experiment, mesh, checkpointer, step)
+    finally:
+        checkpointer.close()
     return experiment, mesh, state
