@@ -60,9 +60,11 @@ def main(argv):
     from diffax.run_config import resolve_config
 
     try:
+        file_config = _CONFIG.value
         try:
-            file_config = _CONFIG.value
-        except OSError as error:  # ml_collections defers a failed load of --config to here.
+            if file_config is not None:
+                file_config.keys()  # ml_collections defers a failed load of --config to the first use.
+        except OSError as error:
             raise FileNotFoundError(f"--config: {_one_line(error)}") from error
         # Before any device work: bad values fail here, in one line naming the key.
         config = resolve_config(_MODE.value == "train", file_config, _WORKDIR.value, _OVERRIDES)
