@@ -71,7 +71,7 @@ def main(argv):
         validate_config(config)
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         MODES[_MODE.value](config, _WORKDIR.value)
-    except (ValueError, OSError, CheckpointError, NonFiniteLossError) as error:
+    except (ValueError, OSError, CheckpointError, NonFiniteLossError, parallel.ClusterError) as error:
         if _DEBUG.value:
             raise
         print(f"error: {_one_line(error)}", file=sys.stderr, flush=True)
