@@ -16,6 +16,7 @@ every step; it waits once, for the first step, so that rates and the ETA leave c
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from typing import Any
@@ -182,7 +183,8 @@ def _loop(experiment: Experiment, mesh: jax.sharding.Mesh, checkpointer: Checkpo
                 if save:
                     checkpointer.save(step, runner.state(held), iterator.get_state(), config)
                 if stop:
-                    console.warning(f"stopped by a signal: saved step {step}, exiting")
+                    how = "interrupted" if signals.requested() == signal.SIGINT else "preempted"
+                    console.warning(f"{how}: saved step {step}, exiting")
                     break
                 if train_config.sample_every and step % train_config.sample_every == 0 and not done:
                     write_samples(experiment, runner.state(held), mesh, workdir, step, writer)

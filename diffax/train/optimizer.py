@@ -28,7 +28,7 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> 
     else:
         decay = optax.cosine_decay_schedule(optim.learning_rate, max(num_steps, 1),
                                             alpha=optim.end_learning_rate_fraction)
-    return lambda step: ramp(step) * decay(step)
+    return lambda step: jnp.asarray(ramp(step) * decay(step), jnp.float32)
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
