@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -58,6 +59,7 @@ def update_ema(ema_params: tuple[Any, ...], params: Any, decays: Sequence[float]
     """ema <- d_t ema + (1 - d_t) params for each decay d; with `step` (the update's 0-based index) the warm-up
     d_t = min(d, (1 + t) / (10 + t)), else d_t = d."""
     def average(ema: Any, decay: float) -> Any:
+        chex.assert_trees_all_equal_shapes(ema, params)  # Each EMA mirrors the parameters leaf by leaf.
         decay = ema_decay(decay, step)
         return jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), ema, params)
 

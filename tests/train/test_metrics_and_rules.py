@@ -7,6 +7,7 @@ import os
 import struct
 import time
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -110,13 +111,20 @@ def test_ema_of_each_decay():
     np.testing.assert_allclose(ema[1]["w"], 5.5)
 
 
-def test_ema_warmup_follows_tensorflow_num_updates():
-    """d_t = min(d, (1 + t) / (10 + t)): 0.1 at the first update, d once (1 + t) / (10 + t) passes it."""
-    ema, params = ({"w": jnp.zeros(2)},), {"w": jnp.full(2, 10.0)}
-    np.testing.assert_allclose(update_ema(ema, params, (0.99,), jnp.int32(0))[0]["w"], 9.0)  # d_0 = 0.1
-    np.testing.assert_allclose(update_ema(ema, params, (0.99,), jnp.int32(90))[0]["w"], 10 * (1 - 91 / 100),
-                               rtol=1e-6)
-    np.testing.assert_allclose(update_ema(ema, params, (0.99,), jnp.int32(5000))[0]["w"], 10 * 0.01, rtol=1e-5)
+class EmaWarmupTest(chex.TestCase):
+    """d_t = min(d, (1 + t) / (10 + t)): 0.1 at the first update, d once (1 + t) / (10 + t) passes it; the same
+    with and without jit (the train step runs it jitted)."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_warmup_follows_tensorflow_num_updates(self):
+        update = self.variant(lambda ema, params, step: update_ema(ema, params, (0.99,), step))
+        ema, params = ({"w": jnp.zeros(2)},), {"w": jnp.full(2, 10.0)}
+        for step, decay in ((0, 0.1), (90, 91 / 100), (5000, 0.99)):
+            np.testing.assert_allclose(update(ema, params, jnp.int32(step))[0]["w"], 10 * (1 - decay), rtol=1e-5)
+
+    def test_mismatched_trees_are_refused(self):
+        with self.assertRaises(AssertionError):
+            update_ema(({"w": jnp.zeros(3)},), {"w": jnp.zeros(2)}, (0.9,))
 
 
 @pytest.mark.parametrize("shape,min_size,expected", [
