@@ -69,7 +69,8 @@ def restore_or_create(experiment: Experiment, mesh: jax.sharding.Mesh, checkpoin
         request = {field: getattr(abstract, field) for field in FIELDS}
         fields, data_state = checkpointer.restore(request, step, heal=heal and step is None)
         state = TrainState(**fields)
-        console.info(f"resuming from {checkpointer.directory} at step {int(jax.device_get(state.step))}")
+        if heal:
+            console.info(f"resuming from {checkpointer.directory} at step {int(jax.device_get(state.step))}")
         return state, abstract, data_state
     return create_train_state(experiment, optimizer, abstract, config.seed), abstract, None
 

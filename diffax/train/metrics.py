@@ -4,9 +4,9 @@ TensorBoard, and the run's progress: one line every log step on any output, a ba
     WORKDIR/metrics.jsonl   {"step", "wall_time" (Unix seconds), scalar: value, ...} per logged step
     WORKDIR/tensorboard/    event files: the scalars, "samples" images, the config as "config" text
 
-Every file goes through `etils.epath`, so a `gs://` workdir writes to the bucket (gcsfs, the `gcs` extra): the
-event file is rewritten whole at each flush there (objects cannot be appended to), as tensorboardX does for GCS.
-Only process 0 writes.
+Every file goes through `etils.epath`, so a `gs://` workdir writes to the bucket (gcsfs, the `gcs` extra). Objects
+cannot be appended to, so there metrics.jsonl and the event file are rewritten whole at each write (as tensorboardX
+does for GCS); local files are appended to. Only process 0 writes.
 
 Rates and the ETA are measured from the end of the first step (`Progress.started`), so compilation does not count.
 """
@@ -65,7 +65,10 @@ class MetricWriter:
             return
         self._jsonl_path = epath.Path(workdir) / "metrics.jsonl"
         self._jsonl_path.parent.mkdir(parents=True, exist_ok=True)
-        self._lines = self._jsonl_path.read_text() if self._jsonl_path.exists() else ""  # Resumed runs append.
+        if "://" in str(workdir):  # A bucket: keep the text and rewrite it (resumed runs continue it).
+            self._jsonl, self._lines = None, self._jsonl_path.read_text() if self._jsonl_path.exists() else ""
+        else:
+            self._jsonl = self._jsonl_path.open("a")
         self._tensorboard = SummaryWriter(str(epath.Path(workdir) / "tensorboard"), flush_secs=30)
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -73,8 +76,13 @@ class MetricWriter:
             return
         scalars = {key: float(value) for key, value in scalars.items()}
         wall_time = time.time()
-        self._lines += json.dumps({"step": step, "wall_time": wall_time, **scalars}) + "\n"
-        self._jsonl_path.write_text(self._lines)
+        line = json.dumps({"step": step, "wall_time": wall_time, **scalars}) + "\n"
+        if self._jsonl is None:
+            self._lines += line
+            self._jsonl_path.write_text(self._lines)
+        else:
+            self._jsonl.write(line)
+            self._jsonl.flush()
         for tag, value in scalars.items():
             self._tensorboard.add_scalar(tag, value, step, walltime=wall_time)
         self._tensorboard.flush()
@@ -94,6 +102,8 @@ class MetricWriter:
     def close(self) -> None:
         if self._enabled:
             self._tensorboard.close()
+            if self._jsonl is not None:
+                self._jsonl.close()
 
 
 class Progress:
