@@ -109,6 +109,7 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self._checksum_thread: threading.Thread | None = None
         self._told_unverified = False
+        self._verified: set[int] = set()  # Steps whose files matched their checksums (sampling restores often).
 
     def latest_step(self) -> int | None:
         """The step of the newest complete checkpoint, or None."""
@@ -164,9 +165,14 @@ class Checkpointer:
         """What is wrong with checkpoint `step` (one line), or None if it verifies. One without checksums (older
         format, or committed just before a kill) is checked only for readable metadata."""
         step_dir = self.directory / str(step)
+        if step in self._verified:
+            return None
         try:
             if (step_dir / CHECKSUM_FILE).exists():
-                return verify(step_dir)
+                problem = verify(step_dir)
+                if problem is None:
+                    self._verified.add(step)
+                return problem
             if not self._told_unverified:
                 console.info(f"checkpoint {step_dir} has no {CHECKSUM_FILE} (saved before checksums, or just before "
                              f"a kill): restoring it unverified")
@@ -207,6 +213,7 @@ class Checkpointer:
                     problem = f"unreadable ({type(error).__name__}: {_first_line(error)})"
             tried.append(f"{step} ({problem})")
             self._set_aside(step, problem)
+            self._verified.discard(step)
         if tried:
             raise CheckpointError(f"no intact checkpoint in {self.directory}; tried {'; '.join(tried)}")
         raise FileNotFoundError(f"no checkpoint in {self.directory}")
@@ -243,7 +250,8 @@ class Checkpointer:
         self._manager.reload()
 
     def trim(self) -> None:
-        """Deletes the oldest checkpoints beyond keep-N (Orbax trims only on the next save)."""
+        """Deletes the oldest checkpoints beyond keep-N (Orbax trims only on the next save). Every process calls
+        it (Orbax's delete ends in a barrier)."""
         if self._max_to_keep is None:
             return
         for step in self.all_steps()[:-self._max_to_keep]:

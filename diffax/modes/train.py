@@ -130,8 +130,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     checkpointer = Checkpointer(workdir, max_to_keep=train_config.keep_checkpoints)
     try:
         state, abstract, data_state = restore_or_create(experiment, mesh, checkpointer, heal=True)
-        if jax.process_index() == 0:
-            checkpointer.trim()
+        checkpointer.trim()
         return _loop(experiment, mesh, checkpointer, state, abstract, data_state, workdir)
     finally:
         checkpointer.close()
