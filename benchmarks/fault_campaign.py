@@ -1,13 +1,16 @@
 """Fault campaign: kill, interrupt and damage `configs/digits.py:tiny` runs at random, relaunch until each finishes,
 and compare every final state bitwise with an uninterrupted run.
 
-    python benchmarks/fault_campaign.py --workdirs 6 --seed 0 --out /tmp/faults
+    python benchmarks/fault_campaign.py --workdirs 8 --faults 4 --seed 0 --out /tmp/faults
 
-Each relaunch of a workdir first may damage its newest checkpoint (when an older one exists) in one of six ways
+Each workdir takes `--faults` delivered signals before it may finish. Each launch of a workdir first may damage
+its newest checkpoint (half the time, when an older one exists) in one of six ways
 (state/_METADATA deleted, a data file truncated, manifest.ocdbt deleted, the data-position JSON truncated, the step
-directory emptied, 16 random bytes written into a data file), then launches training and, at a random moment
-(startup, compilation, training, mid-checkpoint-write, after a commit), sends SIGKILL, SIGTERM or SIGINT or lets it
-run. A workdir is done when a launch exits 0 having reached the last step. Counted: signals sent, launches, damage
+directory emptied, 16 random bytes written into a data file), then launches training and, at a moment drawn
+uniformly over one uninterrupted (compilation-cached) run's duration (startup, compilation, training,
+mid-checkpoint-write, after a commit), sends SIGKILL (half the faults), SIGTERM or SIGINT; a launch that ends
+before its moment receives nothing. Once the workdir has taken its faults, it is launched undisturbed (still
+possibly damaged first) until a launch exits 0 having reached the last step. Counted: signals sent, launches, damage
 injected, damaged checkpoints set aside (`<step>.damaged`), unexpected exit codes, finishes bitwise equal to the
 uninterrupted run, readable checkpoints beyond keep-N, and anything lost (a workdir that did not finish equal).
 Prints one JSON line of figures and writes them to OUT/figures.json.
@@ -102,7 +105,8 @@ def main() -> None:
     parser.add_argument("--workdirs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="/tmp/diffax_faults")
-    parser.add_argument("--max_launches", type=int, default=12, help="Per workdir, before it counts as lost.")
+    parser.add_argument("--faults", type=int, default=4, help="Signals delivered to each workdir's launches.")
+    parser.add_argument("--max_launches", type=int, default=20, help="Per workdir, before it counts as lost.")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     shutil.rmtree(args.out, ignore_errors=True)
@@ -117,30 +121,36 @@ def main() -> None:
     started = time.time()
     code, stderr, _ = _launch(reference_dir, env, rng, None, 0)
     assert code == 0, stderr[-3000:]
-    horizon = time.time() - started  # Faults land anywhere within one uninterrupted run's duration.
     reference = _final_state(reference_dir)
+    timed = time.time()  # A second uninterrupted run, compiled from the cache as the faulted launches are.
+    code, stderr, _ = _launch(os.path.join(args.out, "timing"), env, rng, None, 0)
+    assert code == 0, stderr[-3000:]
+    horizon = time.time() - timed
 
-    figures = dict(workdirs=args.workdirs, launches=0, signals={"SIGKILL": 0, "SIGTERM": 0, "SIGINT": 0},
+    figures = dict(workdirs=args.workdirs, run_seconds=round(horizon, 1), launches=0, signals={"SIGKILL": 0, "SIGTERM": 0, "SIGINT": 0},
                    damage_injected={kind: 0 for kind in DAMAGE_KINDS}, damaged_set_aside=0, unexpected_exits=[],
                    bitwise_equal_finishes=0, over_keep_n=0, lost=[])
     for index in range(args.workdirs):
         workdir = os.path.join(args.out, f"run{index}")
+        delivered = 0
         for _ in range(args.max_launches):
             steps = _step_dirs(workdir)
             if len(steps) >= 2 and rng.random() < 0.5:
                 kind = rng.choice(DAMAGE_KINDS)
                 _damage(os.path.join(workdir, "checkpoints", str(steps[-1])), kind, rng)
                 figures["damage_injected"][kind] += 1
-            fault = rng.choice(["SIGKILL", "SIGKILL", "SIGTERM", "SIGINT", None])
+            fault = rng.choice(["SIGKILL", "SIGKILL", "SIGTERM", "SIGINT"]) if delivered < args.faults else None
             code, stderr, sent = _launch(workdir, env, rng, fault, horizon)
             figures["launches"] += 1
             if sent:
                 figures["signals"][fault] += 1
+                delivered += 1
             figures["damaged_set_aside"] += stderr.count(" is damaged (")
             if code not in EXPECTED_CODES[fault if sent else None]:
                 figures["unexpected_exits"].append({"workdir": index, "fault": fault, "code": code,
                                                     "tail": stderr.strip().splitlines()[-3:]})
-            if code == 0 and _step_dirs(workdir) and _step_dirs(workdir)[-1] == STEPS:
+            finished = code == 0 and _step_dirs(workdir) and _step_dirs(workdir)[-1] == STEPS
+            if finished and delivered >= args.faults:
                 break
         steps = _step_dirs(workdir)
         figures["over_keep_n"] += max(0, len(steps) - KEEP)
