@@ -127,7 +127,8 @@ def main() -> None:
     assert code == 0, stderr[-3000:]
     horizon = time.time() - timed
 
-    figures = dict(workdirs=args.workdirs, run_seconds=round(horizon, 1), launches=0, signals={"SIGKILL": 0, "SIGTERM": 0, "SIGINT": 0},
+    figures = dict(workdirs=args.workdirs, run_seconds=round(horizon, 1), launches=0,
+                   signals={"SIGKILL": 0, "SIGTERM": 0, "SIGINT": 0},
                    damage_injected={kind: 0 for kind in DAMAGE_KINDS}, damaged_set_aside=0, unexpected_exits=[],
                    bitwise_equal_finishes=0, over_keep_n=0, lost=[])
     for index in range(args.workdirs):
