@@ -62,10 +62,17 @@ def _step_dirs(workdir: str) -> list[int]:
     return sorted(int(name) for name in os.listdir(directory) if name.isdigit()) if os.path.isdir(directory) else []
 
 
-def _damage(step_dir: str, kind: str, rng: random.Random) -> None:
+def _damage(step_dir: str, kind: str, rng: random.Random) -> bool:
+    """Damages the checkpoint in `step_dir` as `kind` says; False if it is damaged already (a launch killed
+    before it could set it aside) and has nothing left to damage."""
     state = os.path.join(step_dir, "state")
     data_files = [os.path.join(root, name) for root, _, names in os.walk(state) for name in names
                   if os.path.basename(root) == "d"]
+    needed = {"metadata_deleted": os.path.join(state, "_METADATA"),
+              "manifest_deleted": os.path.join(state, "manifest.ocdbt"),
+              "data_json_truncated": os.path.join(step_dir, "data", "metadata")}
+    if not data_files or not os.path.exists(needed.get(kind, step_dir)):
+        return False
     largest = max(data_files, key=os.path.getsize)
     if kind == "metadata_deleted":
         os.remove(os.path.join(state, "_METADATA"))
@@ -81,6 +88,7 @@ def _damage(step_dir: str, kind: str, rng: random.Random) -> None:
         with open(largest, "r+b") as file:
             file.seek(rng.randrange(os.path.getsize(largest) - 16))
             file.write(bytes(rng.randrange(256) for _ in range(16)))
+    return True
 
 
 DAMAGE_KINDS = ("metadata_deleted", "data_truncated", "manifest_deleted", "data_json_truncated", "step_emptied",
@@ -138,8 +146,8 @@ def main() -> None:
             steps = _step_dirs(workdir)
             if len(steps) >= 2 and rng.random() < 0.5:
                 kind = rng.choice(DAMAGE_KINDS)
-                _damage(os.path.join(workdir, "checkpoints", str(steps[-1])), kind, rng)
-                figures["damage_injected"][kind] += 1
+                if _damage(os.path.join(workdir, "checkpoints", str(steps[-1])), kind, rng):
+                    figures["damage_injected"][kind] += 1
             fault = rng.choice(["SIGKILL", "SIGKILL", "SIGTERM", "SIGINT"]) if delivered < args.faults else None
             code, stderr, sent = _launch(workdir, env, rng, fault, horizon)
             figures["launches"] += 1
