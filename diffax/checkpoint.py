@@ -10,10 +10,12 @@ every file checksummed, and a damaged newest checkpoint set aside so that traini
 
 A step directory appears only once complete (Orbax writes to a temporary directory and renames it), so a run
 killed while saving resumes from the previous checkpoint. Orbax's format has no checksums of its own (garbled bytes
-in a data file restore silently), so process 0 writes `checksums.json` once the step is committed, from a
-background thread that waits for the async save; restoring checks it first. A checkpoint committed just before a
-kill may lack it: it is then restored unverified, like checkpoints written before checksums existed (the log says
-so once).
+in a data file restore silently), so process 0 writes `checksums.json` inside the step's directory before it is
+committed: Orbax calls `AsyncOptions.post_finalization_callback` on the primary host once every process has written
+and the items are finalized, before it renames the temporary directory (`<step>.orbax-checkpoint-tmp[-<n>]`; on GCS,
+where nothing is renamed, before it writes the commit marker). A checkpoint thus never appears without its
+checksums. Restoring checks them first; checkpoints written before checksums existed restore unverified (the log
+says so once).
 
 Healing (`restore(..., heal=True)`, what training does): the newest checkpoint that fails to verify or to read is
 renamed to `<step>.damaged` with a one-line message naming it and why, and the next older one is tried; with none
@@ -33,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -100,14 +101,17 @@ class Checkpointer:
     """Saves and restores (train state, data-iterator state, config) under `workdir/checkpoints`."""
 
     def __init__(self, workdir: str, *, max_to_keep: int | None = 3, async_save: bool = True):
+        async_options = ocp.AsyncOptions(post_finalization_callback=self._write_checksums) if async_save else None
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
-                                               create=True, cleanup_tmp_directories=True)
+                                               create=True, cleanup_tmp_directories=True,
+                                               async_options=async_options)
+        self._async = async_save
+        self._saving: int | None = None  # The step of the save in flight (Orbax runs one at a time).
         self.directory = epath.Path(workdir) / CHECKPOINT_DIR
         self._max_to_keep = max_to_keep
         handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
                     "config": ocp.JsonCheckpointHandler()}
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
-        self._checksum_thread: threading.Thread | None = None
         self._told_unverified = False
         self._verified: set[int] = set()  # Steps whose files matched their checksums (sampling restores often).
 
@@ -117,34 +121,29 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_state: bytes | None, config: ml_collections.ConfigDict) -> None:
         """Starts an (async) save of step `step`; the arrays are copied off-device before this returns. Its
-        checksums are written once it is committed."""
-        self._join_checksums()
+        checksums are written before it is committed."""
         items = {"state": ocp.args.PyTreeSave(state), "config": ocp.args.JsonSave(config.to_dict())}
         if data_state is not None:
             items["data"] = ocp.args.JsonSave(json.loads(data_state))
+        self._manager.wait_until_finished()  # Orbax would too; the callback below reads self._saving.
+        self._saving = step
         self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-        if jax.process_index() == 0:
-            self._checksum_thread = threading.Thread(target=self._write_checksums, args=(step,), daemon=True,
-                                                     name=f"checksums-{step}")
-            self._checksum_thread.start()
+        if not self._async:
+            self._write_checksums()
 
-    def _write_checksums(self, step: int) -> None:
-        """(Background thread.) Waits for the save of `step`, then writes its checksums.json atomically."""
-        step_dir = self.directory / str(step)
+    def _write_checksums(self) -> None:
+        """Writes checksums.json into the directory of the step being saved: its temporary directory before Orbax
+        renames it (async saves: Orbax's callback on the primary host), else the step's directory. An error here
+        must not stop Orbax's commit: the checkpoint is then unverified, and the log says why."""
+        if jax.process_index() != 0:
+            return
+        step = self._saving
+        temporaries = sorted(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
+        step_dir = temporaries[-1] if temporaries else self.directory / str(step)
         try:
-            self._manager.wait_until_finished()
-            if not step_dir.exists():  # The save failed (Orbax reports it) or keep-N already removed it.
-                return
-            temporary = step_dir / (CHECKSUM_FILE + ".tmp")
-            temporary.write_text(json.dumps({"sha256": file_checksums(step_dir)}))
-            temporary.rename(step_dir / CHECKSUM_FILE)
-        except Exception as error:  # A thread's traceback would be noise; the checkpoint stays unverified.
-            console.warning(f"checksums of {step_dir} not written: {_first_line(error)}")
-
-    def _join_checksums(self) -> None:
-        if self._checksum_thread is not None:
-            self._checksum_thread.join()
-            self._checksum_thread = None
+            (step_dir / CHECKSUM_FILE).write_text(json.dumps({"sha256": file_checksums(step_dir)}))
+        except Exception as error:  # Raised here it would abort Orbax's commit of an intact checkpoint.
+            console.warning(f"checksums of checkpoint {step} not written: {_first_line(error)}")
 
     def all_steps(self) -> list[int]:
         """The steps of the complete checkpoints, oldest first."""
@@ -259,9 +258,8 @@ class Checkpointer:
             self._manager.delete(step)
 
     def wait(self) -> None:
-        """Blocks until pending async saves are committed and checksummed."""
+        """Blocks until pending async saves are committed."""
         self._manager.wait_until_finished()
-        self._join_checksums()
 
     def close(self) -> None:
         self.wait()
