@@ -14,6 +14,14 @@ possibly damaged first) until a launch exits 0 having reached the last step. Cou
 injected, damaged checkpoints set aside (`<step>.damaged`), unexpected exit codes, finishes bitwise equal to the
 uninterrupted run, readable checkpoints beyond keep-N, and anything lost (a workdir that did not finish equal).
 Prints one JSON line of figures and writes them to OUT/figures.json.
+
+Figures (2026-11-30, 2-core CPU, seed 0, 8 workdirs x 4 faults, 5.3 minutes): 46 launches; 32 signals delivered
+(11 SIGKILL, 12 SIGTERM, 9 SIGINT); 10 damages injected (1 metadata deleted, 2 data truncated, 2 data JSON
+truncated, 3 steps emptied, 2 bytes garbled), 9 damaged checkpoints set aside (one checkpoint was damaged twice,
+its launch killed before it could heal); no unexpected exit code; 8 of 8 finishes bitwise equal to the
+uninterrupted run; no checkpoint beyond keep-N; nothing lost. An earlier run, when checksums were written after the
+commit, restored a checkpoint killed between its commit and its checksums and then damaged: garbage loaded
+unverified and the loss went NaN. Checksums are now written before the commit (`diffax.checkpoint`).
 """
 
 from __future__ import annotations
