@@ -162,7 +162,7 @@ class Checkpointer:
 
     def problem(self, step: int) -> str | None:
         """What is wrong with checkpoint `step` (one line), or None if it verifies. One without checksums (older
-        format, or committed just before a kill) is checked only for readable metadata."""
+        format, or emptied) is checked only for readable metadata and JSON items."""
         step_dir = self.directory / str(step)
         if step in self._verified:
             return None
@@ -173,8 +173,8 @@ class Checkpointer:
                     self._verified.add(step)
                 return problem
             if not self._told_unverified:
-                console.info(f"checkpoint {step_dir} has no {CHECKSUM_FILE} (saved before checksums, or just before "
-                             f"a kill): restoring it unverified")
+                console.info(f"checkpoint {step_dir} has no {CHECKSUM_FILE} (written before diffax checksummed "
+                             f"checkpoints): restoring it unverified")
                 self._told_unverified = True
             self._manager.item_metadata(step)["state"]
             for item in ("data", "config"):  # The JSON items (Orbax's JsonCheckpointHandler file): parse them.
