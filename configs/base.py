@@ -65,6 +65,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # update (diffax/train/runner.py): the same training bit for bit, faster matrix products on GPUs.
     train.cast_params = False
     train.ema_decays = (0.999,)  # One EMA of the parameters per decay; sampling uses ema_decays[sample.ema_index].
+    # EMA warm-up: decay min(d, (1 + t) / (10 + t)) at step t (TensorFlow's ExponentialMovingAverage num_updates),
+    # so the EMA forgets the random initialization (digits.py:cpu, 200 steps: EMA 6.19 bits/dim against 6.15 for the
+    # raw parameters; 7.22 without warm-up); False: d from step 0 (runs trained before it existed).
+    train.ema_warmup = True
     train.log_every = 50
     train.checkpoint_every = 500
     train.keep_checkpoints = 3

@@ -15,6 +15,7 @@ block of the global batch (`global_batch`), which `diffax.data` pipelines produc
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -26,13 +27,18 @@ MESH_AXES = ("data", "fsdp")
 BATCH_AXES = MESH_AXES  # The batch is split over both axes: FSDP is data parallelism with sharded parameters.
 
 
+class ClusterError(RuntimeError):
+    """The environment describes a multi-process run, but JAX's distributed runtime did not start."""
+
+
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None) -> None:
     """Starts JAX's multi-process runtime when the run spans several processes; a no-op for a single process.
 
     With no arguments, `jax.distributed.initialize()` reads the cluster from the environment (TPU pod slices,
-    SLURM with several tasks, Open MPI); if no cluster is detected this stays a single-process run. Explicit
-    arguments (e.g. two processes on 127.0.0.1) take precedence.
+    SLURM with several tasks, Open MPI); if no cluster is detected this stays a single-process run. If one is
+    detected (`cluster_in_environment`) and the initialization fails, that is an error: otherwise each worker
+    would quietly train alone. Explicit arguments (e.g. two processes on 127.0.0.1) take precedence.
     """
     explicit = coordinator_address is not None
     if explicit and (num_processes is None or process_id is None):
@@ -45,11 +51,25 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     else:
         try:
             jax.distributed.initialize()
-        except (ValueError, RuntimeError) as error:  # No cluster environment: one process.
+        except (ValueError, RuntimeError) as error:
+            cluster = cluster_in_environment()
+            if cluster:
+                raise ClusterError(f"jax.distributed failed to start on this {cluster}: {error}") from error
             logging.info("single-process run (jax.distributed: %s)", error)
             return
     logging.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())
+
+
+def cluster_in_environment(environ: Mapping[str, str] | None = None) -> str | None:
+    """"TPU pod slice" or "SLURM job of N tasks" when the environment describes several processes, else None.
+    TPU VMs list their workers in TPU_WORKER_HOSTNAMES (comma-separated); SLURM sets SLURM_NTASKS."""
+    environ = os.environ if environ is None else environ
+    if len([host for host in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if host]) > 1:
+        return "TPU pod slice"
+    if int(environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in environ:
+        return f"SLURM job of {environ['SLURM_NTASKS']} tasks"
+    return None
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import PIL.Image
+from etils import epath
 
 
 def image_grid(images: np.ndarray, columns: int | None = None, padding: int = 1, scale: int = 1) -> np.ndarray:
@@ -44,15 +44,23 @@ def scatter_image(points: np.ndarray, size: int = 256, extent: float | None = No
 
 
 def save_png(image: np.ndarray, path: str) -> None:
-    """Writes a uint8 (H, W, 1) or (H, W, 3) image."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    PIL.Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+    """Writes a uint8 (H, W, 1) or (H, W, 3) image (through etils.epath: a gs:// path writes to the bucket)."""
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as file:
+        PIL.Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(file, format="PNG")
 
 
-def samples_png(samples: np.ndarray, path: str, is_image: bool, columns: int | None = None) -> None:
-    """A grid of image samples (N, H, W, C), or a scatter plot of 2-D samples (N, 2), written to `path`."""
+def samples_image(samples: np.ndarray, is_image: bool, columns: int | None = None) -> np.ndarray:
+    """A uint8 grid of image samples (N, H, W, C) (upsampled to about 32 pixels a side), or a scatter plot of 2-D
+    samples (N, 2)."""
     if is_image:
-        side = samples.shape[1]
-        save_png(image_grid(samples, columns=columns, scale=max(1, 32 // side)), path)
-    else:
-        save_png(scatter_image(samples), path)
+        return image_grid(samples, columns=columns, scale=max(1, 32 // samples.shape[1]))
+    return scatter_image(samples)
+
+
+def samples_png(samples: np.ndarray, path: str, is_image: bool, columns: int | None = None) -> np.ndarray:
+    """Writes `samples_image` to `path`; returns the image."""
+    image = samples_image(samples, is_image, columns)
+    save_png(image, path)
+    return image

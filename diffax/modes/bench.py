@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 
 import jax
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from diffax import generate, parallel
 from diffax.experiment import Experiment, build_experiment, parse_shape
@@ -205,7 +205,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float | No
     logging.info("bench: %s", json.dumps(results))
     if jax.process_index() == 0:
         print(json.dumps(results), flush=True)
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "bench.json"), "w") as file:
-            json.dump(results, file, indent=1)
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        (epath.Path(workdir) / "bench.json").write_text(json.dumps(results, indent=1))
     return results

@@ -13,7 +13,6 @@ Results go to WORKDIR/eval_<step>.json and, as `eval/...` scalars, to metrics.js
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from diffax import likelihood, parallel
 from diffax.experiment import Experiment, make_iterator
@@ -85,8 +85,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                         for name, value in heldout_bits_per_dim(experiment, parameter_sets, mesh).items()})
     trained.close()
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, f"eval_{step:07d}.json"), "w") as file:
-            json.dump({"step": step, **results}, file, indent=1)
+        (epath.Path(workdir) / f"eval_{step:07d}.json").write_text(json.dumps({"step": step, **results}, indent=1))
     writer = MetricWriter(workdir)
     writer.write(step, results)
     writer.close()

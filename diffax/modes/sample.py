@@ -14,12 +14,12 @@ so runs with other settings never overwrite each other.
 
 from __future__ import annotations
 
-import os
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from diffax import generate
 from diffax.evaluation import grid
@@ -44,12 +44,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
     samples = trained.sample(sample_config.num_samples, labels=sample_config.labels or None,
                              seed=sample_config.seed, ema=sample_config.ema_index, raw=True)
     labels = generate.sample_labels(len(samples), trained.experiment.num_classes, sample_config.labels)
-    path = os.path.join(workdir, "samples", sample_file_stem(trained, settings, len(samples)))
+    path = str(epath.Path(workdir) / "samples" / sample_file_stem(trained, settings, len(samples)))
     if jax.process_index() == 0:
         is_image = trained.experiment.is_image
         grid.samples_png(samples, path + ".png", is_image, columns=trained.experiment.num_classes)
-        np.savez(path + ".npz", samples=generate.to_data_range(samples, is_image),
-                 labels=np.full(len(samples), -1, np.int32) if labels is None else labels)
+        with epath.Path(path + ".npz").open("wb") as file:
+            np.savez(file, samples=generate.to_data_range(samples, is_image),
+                     labels=np.full(len(samples), -1, np.int32) if labels is None else labels)
         logging.info("wrote %d samples to %s.png and .npz", len(samples), path)
     trained.close()
     return path + ".png"

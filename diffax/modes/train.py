@@ -1,31 +1,33 @@
 """`--mode train`: build or resume the state, feed global batches, log, checkpoint, write sample grids.
 
     WORKDIR/run.json        the run's resolved config and data spec (`diffax.run_config`), written before step 1
-    WORKDIR/checkpoints/    Orbax checkpoints (train state, data position, config); the newest is resumed
-    WORKDIR/metrics.jsonl   one JSON line per logged step
-    WORKDIR/tensorboard/    TensorBoard event file(s)
+    WORKDIR/checkpoints/    Orbax checkpoints (train state, data position, config, checksums); the newest intact one
+                            is resumed, a damaged one set aside (`diffax.checkpoint`)
+    WORKDIR/metrics.jsonl   one JSON line per logged step (with its wall time)
+    WORKDIR/tensorboard/    TensorBoard event file(s): scalars, sample grids, the config
     WORKDIR/samples/        step_<step, 7 digits>.png sample grids from the EMA parameters
 
-The steps run through `diffax.train.runner.StepRunner`, which owns any speed machinery. A SIGTERM (preemption)
-makes the run save a checkpoint after the step in flight and return normally (exit 0). A non-finite loss stops the
-run with an error naming the step, before any checkpoint of the diverged state is written. Metrics stay on device
-between log steps, so the host does not wait for every step.
+The steps run through `diffax.train.runner.StepRunner`, which owns any speed machinery. Signals (`diffax.signals`):
+a SIGTERM or Ctrl-C in the loop makes the run save a checkpoint after the step in flight and return; `run` then
+exits 0 (SIGTERM) or 130 (Ctrl-C). A non-finite loss stops the run with an error naming the step, before any
+checkpoint of the diverged state is written. Metrics stay on device between log steps, so the host does not wait for
+every step; it waits once, for the first step, so that rates and the ETA leave compilation out.
 """
 
 from __future__ import annotations
 
-import os
 import signal
+import sys
 import time
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
-from diffax import generate, parallel
+from diffax import console, generate, parallel, signals
 from diffax.checkpoint import Checkpointer
 from diffax.evaluation import grid
 from diffax.experiment import Experiment, build_experiment, make_iterator
@@ -40,48 +42,44 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or Inf."""
 
 
-class _Preemption:
-    """Turns SIGTERM into a flag that the loop checks between steps (all processes agree on the step)."""
-
-    def __init__(self):
-        self._signalled = False
-        self._multiprocess = jax.process_count() > 1
-        if not self._multiprocess:  # With several processes JAX's coordination service catches SIGTERM.
-            self._previous = signal.signal(signal.SIGTERM, self._handler)
-
-    def _handler(self, signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint after this step and exiting")
-        self._signalled = True
-
-    def reached(self, step: int) -> bool:
-        if self._multiprocess:
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self._signalled
-
-    def close(self) -> None:
-        if not self._multiprocess:
-            signal.signal(signal.SIGTERM, self._previous)
+def _stop_requested(step: int, log_step: bool) -> bool:
+    """Whether a signal asks the loop to stop after `step`, agreed by every process: one process checks its flag
+    each step; several agree on SIGTERM through JAX's preemption sync point each step and on Ctrl-C at log steps
+    (a collective there costs nothing: the metrics are gathered then anyway)."""
+    if jax.process_count() == 1:
+        return signals.requested() is not None
+    if multihost_utils.reached_preemption_sync_point(step):
+        return True
+    if not log_step:
+        return False
+    flags = multihost_utils.process_allgather(np.int32(signals.requested() is not None))
+    return bool(np.any(flags))
 
 
 def restore_or_create(experiment: Experiment, mesh: jax.sharding.Mesh, checkpointer: Checkpointer,
-                      step: int | None = None) -> tuple[TrainState, TrainState, bytes | None]:
+                      step: int | None = None, *, heal: bool = False
+                      ) -> tuple[TrainState, TrainState, bytes | None]:
     """(state, its abstract state with shardings, data-iterator state or None): checkpoint `step`'s (default: the
-    newest) if the workdir has one, else a fresh state."""
+    newest; with heal=True the newest intact one, damaged ones set aside) if the workdir has one, else a fresh
+    state."""
     config = experiment.config
     optimizer = make_optimizer(config.optim, config.train.num_steps)
     abstract = config_abstract_state(experiment, optimizer, mesh)
     if checkpointer.latest_step() is not None:
-        step = checkpointer.check_step(step)
-        logging.info("resuming from %s at step %d", checkpointer.directory, step)
-        fields, data_state = checkpointer.restore({field: getattr(abstract, field) for field in FIELDS}, step)
-        return TrainState(**fields), abstract, data_state
+        request = {field: getattr(abstract, field) for field in FIELDS}
+        fields, data_state = checkpointer.restore(request, step, heal=heal and step is None)
+        state = TrainState(**fields)
+        if heal:
+            console.info(f"resuming from {checkpointer.directory} at step {int(jax.device_get(state.step))}")
+        return state, abstract, data_state
     return create_train_state(experiment, optimizer, abstract, config.seed), abstract, None
 
 
 def write_samples(experiment: Experiment, state: TrainState, mesh: jax.sharding.Mesh, workdir: str,
-                  step: int) -> str:
-    """Writes WORKDIR/samples/step_<step, 7 digits>.png (and returns its path): config.sample's sampler on the
-    EMA parameters of config.sample.ema_index (-1: raw), samples 0..num_samples - 1 of seed config.seed."""
+                  step: int, writer: metrics_lib.MetricWriter | None = None) -> str:
+    """Writes WORKDIR/samples/step_<step, 7 digits>.png (and returns its path), and the image to `writer`'s
+    TensorBoard: config.sample's sampler on the EMA parameters of config.sample.ema_index (-1: raw), samples
+    0..num_samples - 1 of seed config.seed."""
     config = experiment.config
     sample_config = config.sample
     params = state.params if sample_config.ema_index == -1 else state.ema_params[sample_config.ema_index]
@@ -89,9 +87,11 @@ def write_samples(experiment: Experiment, state: TrainState, mesh: jax.sharding.
         experiment, params, generate.SamplerSettings.from_config(sample_config), mesh,
         num_samples=sample_config.num_samples, seed=config.seed, batch_size=sample_config.batch_size,
         labels=generate.sample_labels(sample_config.num_samples, experiment.num_classes, sample_config.labels))
-    path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+    path = str(epath.Path(workdir) / "samples" / f"step_{step:07d}.png")
     if jax.process_index() == 0:
-        grid.samples_png(samples, path, experiment.is_image, columns=experiment.num_classes)
+        image = grid.samples_png(samples, path, experiment.is_image, columns=experiment.num_classes)
+        if writer is not None:
+            writer.write_image(step, "samples", image)
     return path
 
 
@@ -118,7 +118,8 @@ def _flush(pending: list[tuple[int, dict]], writer: metrics_lib.MetricWriter, pr
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains (or resumes) the run of `config` in `workdir` to config.train.num_steps; returns the final state."""
+    """Trains (or resumes) the run of `config` in `workdir` to config.train.num_steps, or until a signal stops it
+    (`diffax.signals.requested()` then says which); returns the final state."""
     train_config = config.train
     saved = read_run_file(workdir)
     experiment = build_experiment(config, saved[1] if saved else None)
@@ -127,7 +128,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     mesh = parallel.mesh_from_config(config.mesh)
     parallel.check_batch_size(train_config.batch_size, mesh.devices.size, train_config.grad_accum_steps)
     checkpointer = Checkpointer(workdir, max_to_keep=train_config.keep_checkpoints)
-    state, abstract, data_state = restore_or_create(experiment, mesh, checkpointer)
+    try:
+        state, abstract, data_state = restore_or_create(experiment, mesh, checkpointer, heal=True)
+        checkpointer.trim()
+        return _loop(experiment, mesh, checkpointer, state, abstract, data_state, workdir)
+    finally:
+        checkpointer.close()
+
+
+def _loop(experiment: Experiment, mesh: jax.sharding.Mesh, checkpointer: Checkpointer, state: TrainState,
+          abstract: TrainState, data_state: bytes | None, workdir: str) -> TrainState:
+    config = experiment.config
+    train_config = config.train
     step = int(jax.device_get(state.step))
     runner = StepRunner(experiment, make_optimizer(config.optim, train_config.num_steps), mesh, abstract)
     held = runner.hold(state)  # What the runner takes and returns.
@@ -139,48 +151,57 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     batch_sharding = parallel.batch_sharding(mesh, leading_axes=1)
     per_call = runner.steps_per_call
     writer = metrics_lib.MetricWriter(workdir)
-    progress = metrics_lib.Progress(train_config.num_steps, train_config.batch_size, step, train_config.progress_bar)
-    preemption = _Preemption()
+    writer.write_config(config)
+    progress = metrics_lib.Progress(train_config.num_steps, step, train_config.progress_bar)
     pending: list[tuple[int, dict]] = []
     window_start, window_examples = time.time(), 0
-    logging.info("training %s from step %d to %d on %d devices", config.model.name, step, train_config.num_steps,
-                 mesh.devices.size)
+    timed = False
+    console.info(f"training {config.model.name} from step {step} to {train_config.num_steps} on "
+                 f"{mesh.devices.size} devices")
     try:
-        while step < train_config.num_steps:
-            local = [next(iterator) for _ in range(per_call)]
-            batches = parallel.global_batch({key: np.stack([b[key] for b in local]) for key in local[0]},
-                                            batch_sharding, example_axis=1)
-            held, step_metrics = runner(held, batches)
-            pending.append((step, step_metrics))
-            step += per_call
-            window_examples += per_call * train_config.batch_size
-            preempted = preemption.reached(step)
-            done = step >= train_config.num_steps
-            save = done or preempted or step % train_config.checkpoint_every == 0
-            if save or step % train_config.log_every == 0:
-                _flush(pending, writer, progress, window_start, window_examples)
-                window_start, window_examples = time.time(), 0
-            if save:
-                checkpointer.save(step, runner.state(held), iterator.get_state(), config)
-            if preempted:
-                logging.warning("preempted: saved step %d, exiting", step)
-                break
-            if train_config.sample_every and step % train_config.sample_every == 0 and not done:
-                write_samples(experiment, runner.state(held), mesh, workdir, step)
-        else:
-            logging.info("wrote %s", write_samples(experiment, runner.state(held), mesh, workdir, step))
+        with signals.handled():
+            while step < train_config.num_steps:
+                local = [next(iterator) for _ in range(per_call)]
+                batches = parallel.global_batch({key: np.stack([b[key] for b in local]) for key in local[0]},
+                                                batch_sharding, example_axis=1)
+                held, step_metrics = runner(held, batches)
+                pending.append((step, step_metrics))
+                step += per_call
+                window_examples += per_call * train_config.batch_size
+                if not timed:  # Compiled and run once: rates count from here.
+                    jax.block_until_ready(step_metrics)
+                    progress.started(step)
+                    signals.first_step_done()
+                    timed = True
+                done = step >= train_config.num_steps
+                log_step = done or step % train_config.log_every == 0
+                stop = _stop_requested(step, log_step or step % train_config.checkpoint_every == 0)
+                save = done or stop or step % train_config.checkpoint_every == 0
+                if save or log_step:
+                    _flush(pending, writer, progress, window_start, window_examples)
+                    window_start, window_examples = time.time(), 0
+                if save:
+                    checkpointer.save(step, runner.state(held), iterator.get_state(), config)
+                if stop:
+                    how = "interrupted" if signals.requested() == signal.SIGINT else "preempted"
+                    console.warning(f"{how}: saved step {step}, exiting")
+                    break
+                if train_config.sample_every and step % train_config.sample_every == 0 and not done:
+                    write_samples(experiment, runner.state(held), mesh, workdir, step, writer)
+            else:
+                console.info(f"wrote {write_samples(experiment, runner.state(held), mesh, workdir, step, writer)}")
     finally:
         checkpointer.wait()
-        checkpointer.close()
         progress.close()
         writer.close()
-        preemption.close()
     return runner.state(held)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """The mode's entry point (`launch.py --mode train`)."""
+    """The mode's entry point (`launch.py --mode train`): exits 130 when a Ctrl-C stopped the run."""
     train(config, workdir)
+    if signals.exit_code():
+        sys.exit(signals.exit_code())
 
 
 def restore_train_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None
@@ -191,7 +212,9 @@ def restore_train_state(config: ml_collections.ConfigDict, workdir: str, step: i
     experiment = build_experiment(config, saved[1] if saved else None)
     mesh = parallel.mesh_from_config(config.mesh)
     checkpointer = Checkpointer(workdir, max_to_keep=None)
-    checkpointer.check_step(step)
-    state, _, _ = restore_or_create(experiment, mesh, checkpointer, step)
-    checkpointer.close()
+    try:
+        checkpointer.check_step(step)
+        state, _, _ = restore_or_create(experiment, mesh, checkpointer, step)
+    finally:
+        checkpointer.close()
     return experiment, mesh, state

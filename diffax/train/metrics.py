@@ -1,129 +1,144 @@
-"""Scalar metrics to `metrics.jsonl` and TensorBoard event files, and a progress line for interactive runs.
+"""Scalars to `metrics.jsonl` and TensorBoard (tensorboardX, no TensorFlow), sample grids and the config to
+TensorBoard, and the run's progress: one line every log step on any output, a bar only on a terminal.
 
-TensorBoard reads TFRecord files of `Event` protocol buffers; this writes them directly (no TensorFlow, no
-tensorboardX): each record is
+    WORKDIR/metrics.jsonl   {"step", "wall_time" (Unix seconds), scalar: value, ...} per logged step
+    WORKDIR/tensorboard/    event files: the scalars, "samples" images, the config as "config" text
 
-    uint64 length | uint32 masked_crc32c(length) | Event bytes | uint32 masked_crc32c(Event bytes)
+Every file goes through `etils.epath`, so a `gs://` workdir writes to the bucket (gcsfs, the `gcs` extra). Objects
+cannot be appended to, so there metrics.jsonl and the event file are rewritten whole at each write (as tensorboardX
+does for GCS); local files are appended to. Only process 0 writes.
 
-with masked_crc(x) = ((crc >> 15) | (crc << 17)) + 0xa282ead8 (mod 2^32), and each Event is
-{wall_time: double (1), step: int64 (2), file_version: string (3) | summary (5): {value (1): {tag (1),
-simple_value: float (2)}}} in protobuf wire format. Only process 0 writes.
+Rates and the ETA are measured from the end of the first step (`Progress.started`), so compilation does not count.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import math
-import os
-import socket
-import struct
 import sys
 import time
 from collections.abc import Mapping
 
 import jax
+import ml_collections
+import numpy as np
+import tqdm
+from etils import epath
+from tensorboardX import SummaryWriter, record_writer
 
-_CRC32C_TABLE = []
-for _byte in range(256):
-    _crc = _byte
-    for _ in range(8):
-        _crc = (_crc >> 1) ^ 0x82F63B78 if _crc & 1 else _crc >> 1
-    _CRC32C_TABLE.append(_crc)
-
-
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli), the checksum of TFRecord files; crc32c(b'123456789') == 0xE3069283."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+from diffax import console
 
 
-def _masked_crc(data: bytes) -> int:
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+class _EpathEventFile:
+    """tensorboardX's file object for a remote path: buffers and rewrites the whole object at each flush."""
+
+    def __init__(self, path: str):
+        self._path, self._buffer = epath.Path(path), io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self._buffer.write(data)
+
+    def flush(self) -> None:
+        self._path.write_bytes(self._buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+class _EpathFactory:
+    def open(self, path: str) -> _EpathEventFile:
+        return _EpathEventFile(path)
+
+    def directory_check(self, path: str) -> None:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
-def _length_delimited(field: int, payload: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
-
-
-def encode_event(wall_time: float, step: int, *, file_version: str | None = None,
-                 scalars: Mapping[str, float] | None = None) -> bytes:
-    """An `Event` protobuf: a file-version header, or scalar summaries at `step`."""
-    event = _varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint(2 << 3 | 0) + _varint(step)
-    if file_version is not None:
-        event += _length_delimited(3, file_version.encode())
-    if scalars:
-        values = b"".join(
-            _length_delimited(1, _length_delimited(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", value))
-            for tag, value in scalars.items())
-        event += _length_delimited(5, values)
-    return event
-
-
-def tfrecord(data: bytes) -> bytes:
-    """One TFRecord: length, its masked CRC, the data, its masked CRC."""
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
+record_writer.register_writer_factory("gs", _EpathFactory())  # Replaces tensorboardX's google-cloud-storage one.
 
 
 class MetricWriter:
-    """Appends scalars to WORKDIR/metrics.jsonl and a TensorBoard event file in WORKDIR/tensorboard/."""
+    """Appends scalars to WORKDIR/metrics.jsonl and WORKDIR/tensorboard/; images and text to TensorBoard."""
 
     def __init__(self, workdir: str):
         self._enabled = jax.process_index() == 0
         if not self._enabled:
             return
-        os.makedirs(os.path.join(workdir, "tensorboard"), exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self._events = open(os.path.join(workdir, "tensorboard", name), "ab")
-        self._events.write(tfrecord(encode_event(time.time(), 0, file_version="brain.Event:2")))
+        self._jsonl_path = epath.Path(workdir) / "metrics.jsonl"
+        self._jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+        if "://" in str(workdir):  # A bucket: keep the text and rewrite it (resumed runs continue it).
+            self._jsonl, self._lines = None, self._jsonl_path.read_text() if self._jsonl_path.exists() else ""
+        else:
+            self._jsonl = self._jsonl_path.open("a")
+        self._tensorboard = SummaryWriter(str(epath.Path(workdir) / "tensorboard"), flush_secs=30)
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self._enabled:
             return
         scalars = {key: float(value) for key, value in scalars.items()}
-        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-        self._events.write(tfrecord(encode_event(time.time(), step, scalars=scalars)))
-        self._jsonl.flush()
-        self._events.flush()
+        wall_time = time.time()
+        line = json.dumps({"step": step, "wall_time": wall_time, **scalars}) + "\n"
+        if self._jsonl is None:
+            self._lines += line
+            self._jsonl_path.write_text(self._lines)
+        else:
+            self._jsonl.write(line)
+            self._jsonl.flush()
+        for tag, value in scalars.items():
+            self._tensorboard.add_scalar(tag, value, step, walltime=wall_time)
+        self._tensorboard.flush()
+
+    def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
+        """A uint8 (H, W, C) image, e.g. the sample grid."""
+        if self._enabled:
+            self._tensorboard.add_image(tag, image, step, dataformats="HWC")
+            self._tensorboard.flush()
+
+    def write_config(self, config: ml_collections.ConfigDict) -> None:
+        """The run's config as TensorBoard text (a JSON block)."""
+        if self._enabled:
+            text = json.dumps(config.to_dict(), indent=1, default=str)
+            self._tensorboard.add_text("config", "    " + text.replace("\n", "\n    "), 0)
 
     def close(self) -> None:
         if self._enabled:
-            self._jsonl.close()
-            self._events.close()
+            self._tensorboard.close()
+            if self._jsonl is not None:
+                self._jsonl.close()
 
 
 class Progress:
-    """A one-line progress display on stderr (steps/s, examples/s, loss, ETA), only when it is a terminal."""
+    """Every logged step, one line (step, loss, steps/s, ETA) through `diffax.console`; a tqdm bar on stderr too
+    when it is a terminal (`enabled` None) or when asked. Rates count from `started()`, after compilation."""
 
-    def __init__(self, total_steps: int, batch_size: int, start_step: int, enabled: bool | None = None):
-        self._enabled = (sys.stderr.isatty() if enabled is None else enabled) and jax.process_index() == 0
-        self._total, self._batch = total_steps, batch_size
-        self._start_step, self._start_time = start_step, time.time()
+    def __init__(self, total_steps: int, start_step: int, bar: bool | None = None):
+        self._total = total_steps
+        self._origin: tuple[int, float] | None = None
+        show_bar = sys.stderr.isatty() if bar is None else bar
+        self._bar = (tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                               file=sys.stderr) if show_bar and jax.process_index() == 0 else None)
+
+    def started(self, step: int) -> None:
+        """The first step is done (compiled and run): rates count from here."""
+        self._origin = (step, time.time())
 
     def update(self, step: int, loss: float) -> None:
-        if not self._enabled:
-            return
-        elapsed = time.time() - self._start_time
-        rate = (step - self._start_step) / elapsed if elapsed > 0 else 0.0
-        eta = (self._total - step) / rate if rate > 0 else math.inf
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
-        sys.stderr.write(f"\rstep {step}/{self._total} | {rate:.2f} steps/s | {rate * self._batch:.0f} examples/s | "
-                         f"loss {loss:.4f} | ETA {eta_text}  ")
-        sys.stderr.flush()
+        rate = self.rate(step)
+        eta = time.strftime("%H:%M:%S", time.gmtime((self._total - step) / rate)) if rate else "?"
+        line = f"step {step}/{self._total} | loss {loss:.4f} | {rate or 0:.2f} steps/s | ETA {eta}"
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            self._bar.set_postfix(loss=f"{loss:.4f}")
+            self._bar.write(line, file=sys.stderr)
+        else:
+            console.info(line)
+
+    def rate(self, step: int) -> float | None:
+        """Steps per second since `started()`, None before or when no time has passed."""
+        if self._origin is None or step <= self._origin[0]:
+            return None
+        elapsed = time.time() - self._origin[1]
+        return (step - self._origin[0]) / elapsed if elapsed > 0 else None
 
     def close(self) -> None:
-        if self._enabled:
-            sys.stderr.write("\n")
+        if self._bar is not None:
+            self._bar.close()

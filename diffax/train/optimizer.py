@@ -17,22 +17,18 @@ DECAYS = ("constant", "cosine")
 
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-    """lr(step) of the module docstring, from config.optim and the run's number of steps."""
+    """lr(step) of the module docstring, from config.optim and the run's number of steps: optax's linear ramp
+    (1 / warmup at step 0 to 1 at step warmup - 1) times its cosine decay (alpha = f) or the constant peak."""
     if optim.decay not in DECAYS:
         raise ValueError(f"optim.decay {optim.decay!r}: expected one of {DECAYS}")
-    peak = optim.learning_rate
     warmup = max(int(optim.warmup_steps), 1)
-    fraction = optim.end_learning_rate_fraction
-
-    def schedule(step):
-        step = jnp.asarray(step, jnp.float32)
-        ramp = jnp.minimum(1.0, (step + 1.0) / warmup)
-        if optim.decay == "constant":
-            return peak * ramp
-        progress = jnp.clip(step / max(num_steps, 1), 0.0, 1.0)
-        return peak * ramp * (fraction + (1.0 - fraction) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
-
-    return schedule
+    ramp = optax.linear_schedule(1.0 / warmup, 1.0, transition_steps=warmup - 1)
+    if optim.decay == "constant":
+        decay = optax.constant_schedule(optim.learning_rate)
+    else:
+        decay = optax.cosine_decay_schedule(optim.learning_rate, max(num_steps, 1),
+                                            alpha=optim.end_learning_rate_fraction)
+    return lambda step: jnp.asarray(ramp(step) * decay(step), jnp.float32)
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:

@@ -4,7 +4,16 @@
 
 `key` is the raw uint32 data of the run's base PRNG key; step s draws its randomness from fold_in(key, s), so a
 run resumed at step s draws exactly what the uninterrupted run drew. `ema_params` holds one exponential moving
-average of the parameters per configured decay d:  ema <- d ema + (1 - d) params.
+average of the parameters per configured decay d:  ema <- d_t ema + (1 - d_t) params, where after the update of
+step t (0-based)
+
+    d_t = min(d, (1 + t) / (10 + t))    with warm-up (config train.ema_warmup; TensorFlow's
+                                        ExponentialMovingAverage with num_updates = t)
+    d_t = d                             without
+
+The warm-up forgets the random initialization within the first steps (d_0 = 0.1, d_99 ~ 0.92), so a short run's
+EMA is an average of trained parameters; it reaches d after t = (10 d - 1) / (1 - d) steps (899 for 0.99, 9989 for
+0.999), after which both rules agree.
 The checkpoint holds exactly this tree (`diffax.checkpoint`).
 """
 
@@ -13,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -36,10 +46,22 @@ class TrainState:
     key: jax.Array
 
 
-def update_ema(ema_params: tuple[Any, ...], params: Any, decays: Sequence[float]) -> tuple[Any, ...]:
-    """ema <- d ema + (1 - d) params, for each decay d."""
+def ema_decay(decay: float, step: jax.Array | None) -> jax.Array | float:
+    """d_t = min(d, (1 + t) / (10 + t)) at update `step` t (module docstring); `decay` itself when step is None."""
+    if step is None:
+        return decay
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def update_ema(ema_params: tuple[Any, ...], params: Any, decays: Sequence[float],
+               step: jax.Array | None = None) -> tuple[Any, ...]:
+    """ema <- d_t ema + (1 - d_t) params for each decay d; with `step` (the update's 0-based index) the warm-up
+    d_t = min(d, (1 + t) / (10 + t)), else d_t = d."""
     def average(ema: Any, decay: float) -> Any:
-        return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+        chex.assert_trees_all_equal_shapes(ema, params)  # Each EMA mirrors the parameters leaf by leaf.
+        decay = ema_decay(decay, step)
+        return jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), ema, params)
 
     return tuple(average(ema, decay) for decay, ema in zip(decays, ema_params, strict=True))
 

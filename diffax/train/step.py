@@ -3,7 +3,8 @@ AdamW, EMA.
 
     key_s = fold_in(base_key, s)
     g = mean over k micro-batches of grad loss(params, micro-batch j, fold_in(key_s, j))   (k = grad_accum_steps)
-    params <- AdamW(g * min(1, c / ||g||)),  ema_d <- d ema_d + (1 - d) params
+    params <- AdamW(g * min(1, c / ||g||)),  ema_d <- d_s ema_d + (1 - d_s) params
+    d_s = min(d, (1 + s) / (10 + s)) with train.ema_warmup, else d   (`diffax.train.state`)
 
 Micro-batch j takes every k-th example of each device's shard (examples i with i mod k = j after a reshape
 (B/k, k) -> (k, B/k)), so splitting the batch never moves data between devices. `diffax.train.runner` jits it.
@@ -72,6 +73,7 @@ def make_step_fn(experiment: Experiment, optimizer: optax.GradientTransformation
     config = experiment.config
     accum = config.train.grad_accum_steps
     decays = tuple(config.train.ema_decays)
+    ema_warmup = config.train.ema_warmup
     loss_grad = jax.grad(make_loss_fn(experiment), has_aux=True)
     schedule = learning_rate_schedule(config.optim, config.train.num_steps)
 
@@ -103,6 +105,7 @@ def make_step_fn(experiment: Experiment, optimizer: optax.GradientTransformation
         params = optax.apply_updates(state.params, updates)
         metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": schedule(state.step)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                             ema_params=update_ema(state.ema_params, params, decays)), metrics
+                             ema_params=update_ema(state.ema_params, params, decays,
+                                                    state.step if ema_warmup else None)), metrics
 
     return step

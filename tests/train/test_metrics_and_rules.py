@@ -1,10 +1,13 @@
-"""TensorBoard event files decode with protobuf; learning-rate schedule, clipping, EMA and FSDP sharding rules;
+"""TensorBoard event files (tensorboardX) decode with protobuf and carry valid CRC-32C framing; metrics.jsonl has wall
+times; learning-rate schedule, clipping, EMA (with its warm-up) and FSDP sharding rules;
 the bench's shape override; the sampler's denoiser: one pass at guidance scale 1, clipping."""
 
 import json
 import os
 import struct
+import time
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -39,20 +42,37 @@ def _event_class():
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("t.Event"))
 
 
+def _crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), bit by bit: the reference the TFRecord framing is checked against."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = _crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
 def _records(data: bytes) -> list[bytes]:
+    """TFRecords: uint64 length | masked crc(length) | data | masked crc(data)."""
     records, offset = [], 0
     while offset < len(data):
         (length,) = struct.unpack_from("<Q", data, offset)
+        assert struct.unpack_from("<I", data, offset + 8)[0] == _masked_crc(data[offset: offset + 8])
         payload = data[offset + 12: offset + 12 + length]
         (crc,) = struct.unpack_from("<I", data, offset + 12 + length)
-        assert crc == metrics._masked_crc(payload)
+        assert crc == _masked_crc(payload)
         records.append(payload)
         offset += 16 + length
     return records
 
 
-def test_crc32c_check_value():
-    assert metrics.crc32c(b"123456789") == 0xE3069283  # The CRC-32C catalogue's check value.
+def test_crc32c_reference_check_value():
+    assert _crc32c(b"123456789") == 0xE3069283  # The CRC-32C catalogue's check value.
 
 
 def test_metric_writer_writes_jsonl_and_tensorboard_events(tmp_path):
@@ -61,6 +81,7 @@ def test_metric_writer_writes_jsonl_and_tensorboard_events(tmp_path):
     writer.write(20, {"loss": 0.25, "learning_rate": 2e-3})
     writer.close()
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert all(abs(line.pop("wall_time") - time.time()) < 600 for line in lines)
     assert lines == [{"step": 10, "loss": 0.5, "learning_rate": 1e-3},
                      {"step": 20, "loss": 0.25, "learning_rate": 2e-3}]
     (name,) = os.listdir(tmp_path / "tensorboard")
@@ -69,8 +90,8 @@ def test_metric_writer_writes_jsonl_and_tensorboard_events(tmp_path):
     events = [event_class.FromString(record) for record in _records((tmp_path / "tensorboard" / name).read_bytes())]
     assert events[0].file_version == "brain.Event:2"
     assert [(e.step, [(v.tag, v.simple_value) for v in e.summary.value]) for e in events[1:]] == [
-        (10, [("loss", 0.5), ("learning_rate", pytest.approx(1e-3))]),
-        (20, [("loss", 0.25), ("learning_rate", pytest.approx(2e-3))])]
+        (10, [("loss", 0.5)]), (10, [("learning_rate", pytest.approx(1e-3))]),
+        (20, [("loss", 0.25)]), (20, [("learning_rate", pytest.approx(2e-3))])]
 
 
 def test_learning_rate_warmup_then_cosine_to_the_end_fraction():
@@ -88,6 +109,22 @@ def test_ema_of_each_decay():
     ema = update_ema(({"w": jnp.zeros(2)}, {"w": jnp.ones(2)}), {"w": jnp.full(2, 10.0)}, (0.9, 0.5))
     np.testing.assert_allclose(ema[0]["w"], 1.0)
     np.testing.assert_allclose(ema[1]["w"], 5.5)
+
+
+class EmaWarmupTest(chex.TestCase):
+    """d_t = min(d, (1 + t) / (10 + t)): 0.1 at the first update, d once (1 + t) / (10 + t) passes it; the same
+    with and without jit (the train step runs it jitted)."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_warmup_follows_tensorflow_num_updates(self):
+        update = self.variant(lambda ema, params, step: update_ema(ema, params, (0.99,), step))
+        ema, params = ({"w": jnp.zeros(2)},), {"w": jnp.full(2, 10.0)}
+        for step, decay in ((0, 0.1), (90, 91 / 100), (5000, 0.99)):
+            np.testing.assert_allclose(update(ema, params, jnp.int32(step))[0]["w"], 10 * (1 - decay), rtol=1e-5)
+
+    def test_mismatched_trees_are_refused(self):
+        with self.assertRaises(AssertionError):
+            update_ema(({"w": jnp.zeros(3)},), {"w": jnp.zeros(2)}, (0.9,))
 
 
 @pytest.mark.parametrize("shape,min_size,expected", [

@@ -35,6 +35,7 @@ def _finish(processes: list[subprocess.Popen]) -> list[str]:
     outputs = [process.communicate(timeout=600)[0] for process in processes]
     for index, (process, output) in enumerate(zip(processes, outputs, strict=True)):
         assert process.returncode == 0, f"process {index} exited with {process.returncode}:\n{output[-6000:]}"
+        assert " is damaged " not in output  # Checksums cover every process's files.
     return outputs
 
 

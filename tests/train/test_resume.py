@@ -6,27 +6,10 @@ import random
 
 import pytest
 
-from train_helpers import assert_trees_equal, launch, load_state, run_python, tiny_digits
+from train_helpers import INTERRUPTED_LAUNCH, assert_trees_equal, launch, load_state, run_python, tiny_digits
 
 STEPS = 8
 OVERRIDES = (f"--config.train.num_steps={STEPS}", "--config.train.checkpoint_every=2", "--config.train.log_every=1")
-
-# Runs launch.py, but the training data iterator sends SIGNAL to its own process when it is about to read batch
-# AT + 1 (after AT optimizer steps were dispatched), wherever the run then is (possibly writing a checkpoint).
-INTERRUPTED_LAUNCH = """
-import os, runpy, signal, sys
-from diffax.data import pipeline
-signal_name, at = sys.argv.pop(1), int(sys.argv.pop(1))
-original = pipeline.DataIterator.__next__
-def next_or_signal(self):
-    if self._position == at:
-        os.kill(os.getpid(), getattr(signal, signal_name))
-    return original(self)
-pipeline.DataIterator.__next__ = next_or_signal
-sys.argv[0] = "launch.py"
-runpy.run_path("launch.py", run_name="__main__")
-"""
-
 
 @pytest.fixture(scope="module")
 def uninterrupted(tfds_dir, tmp_path_factory):

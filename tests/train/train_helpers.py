@@ -17,6 +17,23 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)  # For `configs`.
 
 
+# Runs launch.py, but the training data iterator sends SIGNAL to its own process when it is about to read batch
+# AT + 1 (after AT optimizer steps were dispatched), wherever the run then is (possibly writing a checkpoint).
+INTERRUPTED_LAUNCH = """
+import os, runpy, signal, sys
+from diffax.data import pipeline
+signal_name, at = sys.argv.pop(1), int(sys.argv.pop(1))
+original = pipeline.DataIterator.__next__
+def next_or_signal(self):
+    if self._position == at:
+        os.kill(os.getpid(), getattr(signal, signal_name))
+    return original(self)
+pipeline.DataIterator.__next__ = next_or_signal
+sys.argv[0] = "launch.py"
+runpy.run_path("launch.py", run_name="__main__")
+"""
+
+
 def subprocess_env(devices: int = 1) -> dict[str, str]:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
