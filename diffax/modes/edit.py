@@ -23,10 +23,9 @@ import jax
 import ml_collections
 import numpy as np
 import PIL.Image
-from absl import logging
 from etils import epath
 
-from diffax import generate
+from diffax import console, generate
 from diffax.evaluation import grid, image_quality
 from diffax.experiment import make_iterator
 from diffax.run import Run, load_run, to_masks
@@ -109,6 +108,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
         with epath.Path(path + ".npz").open("wb") as file:  # epath: a gs:// workdir writes to the bucket.
             np.savez(file, original=images, given=given, result=results)
         epath.Path(path + ".json").write_text(json.dumps(report, indent=1))
-        logging.info("wrote %s.png, .npz and .json: %s", path, report)
+        console.info(f"wrote {path}.png, .npz and .json: {report}")
     trained.close()
     return path + ".png"

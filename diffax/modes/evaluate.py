@@ -19,10 +19,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 from etils import epath
 
-from diffax import likelihood, parallel
+from diffax import console, likelihood, parallel
 from diffax.experiment import Experiment, make_iterator
 from diffax.run import Run, load_run
 from diffax.train.metrics import MetricWriter
@@ -89,5 +88,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     writer = MetricWriter(workdir)
     writer.write(step, results)
     writer.close()
-    logging.info("eval at step %d: %s", step, results)
+    console.info(f"eval at step {step}: {results}")
     return results

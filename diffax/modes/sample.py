@@ -18,10 +18,9 @@ from __future__ import annotations
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 from etils import epath
 
-from diffax import generate
+from diffax import console, generate
 from diffax.evaluation import grid
 from diffax.run import Run, load_run
 
@@ -51,6 +50,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
         with epath.Path(path + ".npz").open("wb") as file:
             np.savez(file, samples=generate.to_data_range(samples, is_image),
                      labels=np.full(len(samples), -1, np.int32) if labels is None else labels)
-        logging.info("wrote %d samples to %s.png and .npz", len(samples), path)
+        console.info(f"wrote {len(samples)} samples to {path}.png and .npz")
     trained.close()
     return path + ".png"

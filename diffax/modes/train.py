@@ -19,7 +19,6 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from typing import Any
 
 import jax
 import ml_collections
