@@ -1,8 +1,8 @@
 """SIGTERM (preemption) and SIGINT (Ctrl-C) from the first second of a run: nothing is lost and the exit code says
 what happened.
 
-    before the first step   print it, exit at once without a checkpoint: 0 for SIGTERM, 130 for SIGINT (nothing
-                            was trained, and the previous checkpoint, if any, is untouched)
+    before the first step   print it, exit 0 at once without a checkpoint (nothing was trained, nothing is lost:
+                            the previous checkpoint, if any, is untouched)
     in the loop             save a checkpoint after the step in flight, then exit 0 (SIGTERM) or 130 (SIGINT)
     a second SIGINT         exit at once (130), without saving
 
@@ -21,7 +21,7 @@ import signal
 import sys
 from collections.abc import Iterator
 
-EXIT_CODES = {signal.SIGTERM: 0, signal.SIGINT: 130}
+HANDLED = (signal.SIGTERM, signal.SIGINT)
 _state = {"installed": False, "loop": False, "requested": None}
 
 
@@ -29,7 +29,7 @@ def _handler(signum: int, frame) -> None:
     name = signal.Signals(signum).name
     if not _state["loop"]:
         _say(f"{name} before the first step: exiting without a checkpoint")
-        os._exit(EXIT_CODES[signum])
+        os._exit(0)
     if signum == signal.SIGINT and _state["requested"] == signal.SIGINT:
         _say("second SIGINT: exiting now, without saving")
         os._exit(130)
@@ -46,7 +46,7 @@ def _say(message: str) -> None:
 def install() -> None:
     """Handles SIGTERM and SIGINT from now on (idempotent)."""
     if not _state["installed"]:
-        for signum in EXIT_CODES:
+        for signum in HANDLED:
             signal.signal(signum, _handler)
         _state["installed"] = True
 
@@ -55,7 +55,7 @@ def install() -> None:
 def handled() -> Iterator[None]:
     """Around the training loop: installs the handlers if `install()` was not called (library use) and restores
     the previous ones after."""
-    previous = None if _state["installed"] else {signum: signal.getsignal(signum) for signum in EXIT_CODES}
+    previous = None if _state["installed"] else {signum: signal.getsignal(signum) for signum in HANDLED}
     install()
     try:
         yield
