@@ -139,12 +139,10 @@ def make_generator(experiment: Experiment, settings: SamplerSettings, mesh: Mesh
 
 def generate_samples(experiment: Experiment, params: Any, settings: SamplerSettings, mesh: Mesh, *,
                      num_samples: int, seed: int, batch_size: int, labels: np.ndarray | None = None,
-                     progress: Any = None, edit: Edit | None = None,
-                     inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
+                     edit: Edit | None = None, inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Samples 0..num_samples - 1 of the draw with `seed` (N, *example) in the network's data space, in calls of
     `batch_size` (the last call padded); labels (N,) for class-conditional networks. With `edit` and its `inputs`
-    {name: (N, ...)} (images to edit, masks), each sample is that edit of its inputs (`make_generator`).
-    `progress(n)` is called after each call with the number of samples done."""
+    {name: (N, ...)} (images to edit, masks), each sample is that edit of its inputs (`make_generator`)."""
     if experiment.num_classes and labels is None:
         raise ValueError("a class-conditional network needs labels (N,)")
     batch_size = min(batch_size, num_samples)
@@ -158,8 +156,6 @@ def generate_samples(experiment: Experiment, params: Any, settings: SamplerSetti
         chunk_inputs = {name: _padded(value[start:start + batch_size], batch_size) for name, value in inputs.items()}
         samples = generate(params, jnp.uint32(seed), indices, chunk_labels, chunk_inputs)
         chunks.append(np.asarray(parallel.to_host(samples)))
-        if progress is not None:
-            progress(min(start + batch_size, num_samples))
     return np.concatenate(chunks)[:num_samples]
 
 
