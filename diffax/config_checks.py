@@ -99,6 +99,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     parse_shape(config.bench.example_shape, "bench.example_shape")
     _require(config.edit.intermediates <= config.edit.num_steps, "edit.intermediates", config.edit.intermediates,
              f"at most edit.num_steps = {config.edit.num_steps} (states of the reverse run)")
+    evaluation = config.eval
+    _require(evaluation.num_samples is None or (isinstance(evaluation.num_samples, int) and evaluation.num_samples
+                                                >= 0), "eval.num_samples", evaluation.num_samples,
+             "None (10,000 on accelerators, 1,000 on a CPU) or a number of samples")
+    _require(evaluation.features in ("", "inception") or evaluation.features.startswith("classifier:"),
+             "eval.features", evaluation.features, "'', 'inception' or 'classifier:WORKDIR'")
     levels = config.edit.noise_std
     _require(len(levels) > 0 and all(_is_number(std) and std > 0 for std in levels), "edit.noise_std", levels,
              "a tuple of positive numbers")

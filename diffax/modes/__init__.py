@@ -2,13 +2,15 @@
 
     train     train or resume (diffax.modes.train)
     sample    samples from a trained run (diffax.modes.sample)
-    eval      held-out loss and bits/dim of a trained run (diffax.modes.evaluate)
+    eval      held-out loss, bits/dim and sample quality of a trained run (diffax.modes.evaluate)
     bench     speed, memory and accuracy on synthetic data (diffax.modes.bench)
     edit      denoise, img2img or inpaint given images with a trained run (diffax.modes.edit)
+    stats     reference feature statistics of a data set, for FID / FCD (diffax.modes.stats)
 
 Modes sit on the top floor: nothing in diffax imports them but `launch.py`.
 """
 
-from diffax.modes import bench, edit, evaluate, sample, train
+from diffax.modes import bench, edit, evaluate, sample, stats, train
 
-MODES = {"train": train.run, "sample": sample.run, "eval": evaluate.run, "bench": bench.run, "edit": edit.run}
+MODES = {"train": train.run, "sample": sample.run, "eval": evaluate.run, "bench": bench.run, "edit": edit.run,
+         "stats": stats.run}
