@@ -26,7 +26,7 @@ import PIL.Image
 from diffax import generate, parallel
 from diffax.checkpoint import Checkpointer
 from diffax.experiment import Experiment, build_experiment
-from diffax.run_config import read_run_file
+from diffax.run_config import differing_run_keys, read_run_file
 from diffax.sampling import editing
 from diffax.train.optimizer import make_optimizer
 from diffax.train.state import config_abstract_state
@@ -168,6 +168,16 @@ class Run:
 
         return self._edit(edit, images, settings, labels=labels, seed=seed, ema=ema, batch_size=batch_size,
                           raw=raw, masks=masks)
+
+    def with_config(self, config: ml_collections.ConfigDict) -> Run:
+        """This run, sharing its loaded parameters, under `config`: the run's config with other sampler or eval
+        settings (sweeps of sampler settings load a run once). Changing what the run trained is an error."""
+        differing = differing_run_keys(self.config, config)
+        if differing:
+            raise ValueError(f"{differing} of the run in {self.workdir!r} cannot be changed after training")
+        other = Run(self.workdir, config, self.experiment, self._checkpointer, self.step, self.mesh)
+        other._params = self._params
+        return other
 
     def close(self) -> None:
         self._checkpointer.close()

@@ -86,30 +86,38 @@ def _write_json(path: epath.Path, record: dict) -> None:
         path.write_text(json.dumps(record, indent=1))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Evaluates the checkpoint; returns {"eval/loss/<set>": ..., "eval/bits_per_dim/<set>": ...,
-    "eval/<score>/<sampler settings>": ...}."""
-    trained = load_run(workdir, config.sample.step, config=config)
-    experiment, mesh, step = trained.experiment, trained.mesh, trained.step
-    results = {}
+def evaluate(trained: Run, config: ml_collections.ConfigDict) -> tuple[dict[str, float], dict | None]:
+    """(held-out results {"eval/loss/<set>": ..., "eval/bits_per_dim/<set>": ...}, the sample-quality record or
+    None) of a loaded run under `config` (its own with eval/sample changes), written to the run's workdir."""
+    experiment, mesh, step, workdir = trained.experiment, trained.mesh, trained.step, trained.workdir
+    heldout = {}
     if config.eval.loss or (experiment.is_image and config.eval.bits_per_dim):
         parameter_sets = _parameter_sets(trained)
         if config.eval.loss:
-            results.update({f"eval/loss/{name}": value
+            heldout.update({f"eval/loss/{name}": value
                             for name, value in heldout_loss(experiment, parameter_sets, mesh).items()})
         if experiment.is_image and config.eval.bits_per_dim:
-            results.update({f"eval/bits_per_dim/{name}": value
+            heldout.update({f"eval/bits_per_dim/{name}": value
                             for name, value in heldout_bits_per_dim(experiment, parameter_sets, mesh).items()})
-        _write_json(epath.Path(workdir) / f"eval_{step:07d}.json", {"step": step, **results})
+        _write_json(epath.Path(workdir) / f"eval_{step:07d}.json", {"step": step, **heldout})
     record = evaluate_samples(trained, config)
     if record is not None:
-        stem = sample_file_stem(trained, trained.sampler_settings(), record["num_samples"])
-        _write_json(epath.Path(workdir) / "eval" / f"{stem}.json", record)
-        tag = stem.split("_", 1)[1]  # The settings without the step.
+        record["name"] = sample_file_stem(trained, trained.sampler_settings(), record["num_samples"])
+        _write_json(epath.Path(workdir) / "eval" / f"{record['name']}.json", record)
+    return heldout, record
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Evaluates the checkpoint; returns {"eval/loss/<set>": ..., "eval/bits_per_dim/<set>": ...,
+    "eval/<score>/<sampler settings>": ...}, also written to metrics.jsonl and TensorBoard."""
+    trained = load_run(workdir, config.sample.step, config=config)
+    results, record = evaluate(trained, config)
+    if record is not None:
+        tag = record["name"].split("_", 1)[1]  # The settings without the step.
         results.update({f"eval/{name}/{tag}": value for name, value in record["scores"].items()})
     trained.close()
     writer = MetricWriter(workdir)
-    writer.write(step, results)
+    writer.write(trained.step, results)
     writer.close()
-    console.info(f"eval at step {step}: {results}")
+    console.info(f"eval at step {trained.step}: {results}")
     return results

@@ -22,6 +22,7 @@ data.eval_split, up to N of them (a last partial batch is dropped; `num_real` re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterator
 
@@ -38,6 +39,7 @@ from diffax.run import Run, load_run
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 images (N, H, W, C) -> float32 features (N, D)
 
 DEFAULT_SAMPLES = {"cpu": 1_000}  # eval.num_samples None: 10,000 on accelerators, fewer on a CPU.
+_REAL_FEATURES: dict[tuple, np.ndarray] = {}  # real_features' results in this process.
 
 
 def num_samples(eval_config: ml_collections.ConfigDict) -> int:
@@ -48,20 +50,25 @@ def num_samples(eval_config: ml_collections.ConfigDict) -> int:
 
 
 def feature_network(eval_config: ml_collections.ConfigDict) -> tuple[str, FeatureFn]:
-    """(metric prefix "fid" or "fcd", features of uint8 images) for eval.features."""
-    choice = eval_config.features
+    """(metric prefix "fid" or "fcd", features of uint8 images) for eval.features; loaded once per process."""
+    return _feature_network(eval_config.features, eval_config.inception_weights, eval_config.batch_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _feature_network(choice: str, inception_weights: str, batch_size: int) -> tuple[str, FeatureFn]:
     if choice == "inception":
-        if not eval_config.inception_weights:
+        if not inception_weights:
             raise ValueError("config.eval.features = 'inception' needs config.eval.inception_weights=PATH (an .npz "
                              "from `python -m diffax.convert inception pt_inception-2015-12-05-*.pth PATH`)")
         from diffax.evaluation import inception  # TODO merge
-        return "fid", inception.feature_fn(eval_config.inception_weights, batch_size=eval_config.batch_size)
+
+        return "fid", inception.feature_fn(inception_weights, batch_size=batch_size)
     if choice.startswith("classifier:"):
         workdir = choice.removeprefix("classifier:")
         classifier = load_run(workdir)
         if not hasattr(classifier, "features"):
             raise ValueError(f"config.eval.features = {choice!r}: {workdir!r} holds a diffusion run, not a classifier")
-        return "fcd", lambda images: classifier.features(images, batch_size=eval_config.batch_size)
+        return "fcd", functools.partial(classifier.features, batch_size=batch_size)
     raise ValueError(f"config.eval.features = {choice!r}: expected 'inception' or 'classifier:WORKDIR'")
 
 
@@ -87,12 +94,18 @@ def real_feature_batches(config: ml_collections.ConfigDict, split: str, features
 
 
 def real_features(config: ml_collections.ConfigDict, split: str, features: FeatureFn, count: int) -> np.ndarray:
-    """Features (n, D) of up to `count` images of `split` (n < count when the split is smaller)."""
-    batches = list(real_feature_batches(config, split, features, limit=count))
-    if not batches:
-        raise ValueError(f"split {split!r} of data set {config.data.name!r} has fewer images than one batch of "
-                         f"{min(config.eval.batch_size, count)}")
-    return np.concatenate(batches)[:count]
+    """Features (n, D) of up to `count` images of `split` (n < count when the split is smaller); computed once per
+    process for the same data, split, count and features (sweeps score many sampler settings against them)."""
+    data = config.data
+    key = (config.eval.features, config.eval.inception_weights, data.name, data.data_dir, data.image_size, split,
+           count, config.eval.batch_size, config.seed)
+    if key not in _REAL_FEATURES:
+        batches = list(real_feature_batches(config, split, features, limit=count))
+        if not batches:
+            raise ValueError(f"split {split!r} of data set {data.name!r} has fewer images than one batch of "
+                             f"{min(config.eval.batch_size, count)}")
+        _REAL_FEATURES[key] = np.concatenate(batches)[:count]
+    return _REAL_FEATURES[key]
 
 
 def feature_scores(prefix: str, real: np.ndarray, fake: np.ndarray, seed: int) -> dict[str, float]:
