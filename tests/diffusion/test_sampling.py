@@ -291,8 +291,8 @@ def test_multistep_update_is_exact_for_polynomial_data_predictions(order, second
 
 
 def test_3m_default_is_the_reference_update():
-    """3M's default is diffusers' DPMSolverMultistepScheduler.multistep_dpm_solver_third_order_update (
-    algorithm_type="dpmsolver++"), written here in float64 as it is there: phi_3 = phi_2 / h - 0.5 times D2.
+    """3M's default is diffusers' DPMSolverMultistepScheduler.multistep_dpm_solver_third_order_update with
+    algorithm_type="dpmsolver++", written here in float64 as it is there: phi_3 = phi_2 / h - 0.5 times D2.
     An unknown second_difference is an error naming it."""
     schedule = S.VPLinear()
     x0_of_l = lambda l: np.sin(3.0 * l)  # noqa: E731 (not a polynomial: every term of the update matters)
