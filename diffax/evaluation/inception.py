@@ -174,7 +174,8 @@ class InceptionE(nn.Module):
 
 class InceptionV3(nn.Module):
     """The FID Inception network up to pool3: images (N, H, W, 3) in [-1, 1] (H = W = 299 for FID) -> float32
-    features (N, 2048), the spatial mean of Mixed_7c. 21.8M parameters (module docstring)."""
+    features (N, 2048), the spatial mean of Mixed_7c. 21,785,568 parameters, as pytorch-fid's network counted by
+    torch (23,850,960 with the classifier left out here)."""
 
     dtype: Any = jnp.float32
 
@@ -276,7 +277,8 @@ def variables_from_torch(state_dict: Mapping[str, np.ndarray], source: str = "th
             raise ValueError(f"{source}: unexpected key {key!r} (expected <module>.conv.weight or <module>.bn.*)")
         collection, leaf = _TORCH_SUFFIXES[f"{layer}.{suffix}"]
         value = np.asarray(value, np.float32)
-        flat[f"{collection}/{module.replace('.', '/')}/{leaf}"] = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value
+        value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value  # OIHW -> HWIO.
+        flat[f"{collection}/{module.replace('.', '/')}/{leaf}"] = value
     check_variables(flat, source)
     return flat
 

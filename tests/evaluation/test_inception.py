@@ -79,7 +79,8 @@ def test_converter_maps_the_reference_state_dict(reference_state):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda state: state.pop("Mixed_5b.branch5x5_2.bn.running_var"), "missing: batch_stats/Mixed_5b/branch5x5_2/bn/var"),
+    (lambda state: state.pop("Mixed_5b.branch5x5_2.bn.running_var"),
+     "missing: batch_stats/Mixed_5b/branch5x5_2/bn/var"),
     (lambda state: state.update({"Conv2d_1a_3x3.conv.weight": np.zeros((32, 3, 5, 5), np.float32)}),
      "wrong shape: params/Conv2d_1a_3x3/conv/kernel (5, 5, 3, 32) (expected (3, 3, 3, 32))"),
     (lambda state: state.update({"Mixed_5b.extra.conv.weight": np.zeros((1, 1, 1, 1))}),
