@@ -10,9 +10,11 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
-from diffax import nets, objectives, schedules
+from diffax import nets, objectives, sampling, schedules
 from diffax.experiment import DTYPES, parse_shape
 from diffax.sampling import SOLVERS
 from diffax.train.optimizer import DECAYS
@@ -51,13 +53,27 @@ def _is_number(value: Any) -> bool:
 
 
 def _check_solver_options(config: ml_collections.ConfigDict) -> None:
-    """Every key of sample.options must be a keyword of the solver's step."""
-    step = SOLVERS[config.sample.method].step
+    """Every key of sample.options must be a keyword of the solver's step, and its value one the solver takes:
+    a two-step run on a (1, 2) input is traced (nothing computed), so a bad value stops the launch rather than the
+    first sample grid of a training run."""
+    sample = config.sample
+    step = SOLVERS[sample.method].step
     accepted = [name for name, parameter in inspect.signature(step).parameters.items()
                 if parameter.kind == inspect.Parameter.KEYWORD_ONLY]
-    for option in config.sample.options.keys():
-        _require(option in accepted, f"sample.options.{option}", config.sample.options[option],
-                 f"an option of sampler {config.sample.method!r}: one of {accepted}")
+    for option in sample.options.keys():
+        _require(option in accepted, f"sample.options.{option}", sample.options[option],
+                 f"an option of sampler {sample.method!r}: one of {accepted}")
+    schedule = schedules.get_schedule(config.diffusion.schedule, shift=config.diffusion.shift,
+                                      zero_terminal_snr=config.diffusion.zero_terminal_snr,
+                                      **config.diffusion.schedule_kwargs.to_dict())
+    grid = schedules.time_grid(schedule, 2, sample.grid)
+    try:
+        jax.eval_shape(lambda noise: sampling.sample(lambda x, t: x, schedule, noise, grid, sample.method,
+                                                     jax.random.key(0), **sample.options.to_dict()),
+                       jax.ShapeDtypeStruct((1, 2), jnp.float32))
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"config.sample.options = {sample.options.to_dict()}: sampler {sample.method!r} "
+                         f"refuses them: {error}") from None
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -41,7 +42,7 @@ if REPO not in sys.path:
 
 import tqdm  # noqa: E402
 
-from experiments.sweep import Sweep, load_sweep, override_text, point_name  # noqa: E402
+from experiments.sweep import Sweep, config_overrides, load_sweep, override_text, point_name  # noqa: E402
 
 LAUNCH = os.path.join(REPO, "launch.py")
 
@@ -73,6 +74,17 @@ def _newest_json(directory: str, pattern_prefix: str = "") -> dict | None:
         return json.load(file)
 
 
+def _train_seconds(workdir: str, step: int) -> float | None:
+    """Seconds from the run's first logged step to `step` (metrics.jsonl wall times; compilation not counted)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path) as file:
+        lines = [json.loads(line) for line in file if line.strip()]
+    times = [line["wall_time"] for line in lines if "loss" in line and line["step"] <= step]
+    return times[-1] - times[0] if times else None
+
+
 def metrics_of(heldout: Mapping[str, float], record: Mapping[str, Any] | None) -> dict[str, float]:
     """{'loss/ema_0.999': ..., 'bits_per_dim/raw': ..., 'fcd': ..., 'kid': ...} from eval's outputs."""
     metrics = {key.removeprefix("eval/"): value for key, value in heldout.items() if key != "step"}
@@ -90,8 +102,30 @@ class Runner:
         self.base_run = base_run or os.path.join(self.workdir, "base")
         self.names = [point_name(point) for point in sweep.points]
         os.makedirs(os.path.join(self.workdir, "logs"), exist_ok=True)
-        self._loaded = None
+        self._loaded = {}  # sample.step -> the base run loaded at that checkpoint
         self._eval_lock = threading.Lock()
+
+    def write_record(self, argv: list[str]) -> None:
+        """DIR/sweep.json: the command, the commit, the machine and the date of this invocation (appended)."""
+        import datetime
+        import platform
+
+        def git(*args: str) -> str:
+            result = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+            return result.stdout.strip()
+
+        import jax
+
+        record = {"command": " ".join(argv), "commit": git("rev-parse", "HEAD"),
+                  "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+                  "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, "
+                             f"{os.cpu_count()} CPUs, jax {jax.__version__} {jax.devices()[0].device_kind}"
+                             f" x{jax.device_count()}",
+                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        path = os.path.join(self.workdir, "sweep.json")
+        history = json.load(open(path)) if os.path.exists(path) else []
+        with open(path, "w") as file:
+            json.dump(history + [record], file, indent=1)
 
     def point_dir(self, index: int) -> str:
         return os.path.join(self.workdir, "points", self.names[index])
@@ -113,7 +147,7 @@ class Runner:
         return os.path.join(self.workdir, "logs", f"{name}.log")
 
     def _train_point(self, index: int) -> dict:
-        overrides = {**self.sweep.overrides, **self.sweep.points[index]}
+        overrides = config_overrides({**self.sweep.overrides, **self.sweep.points[index]})
         run_dir = self.point_dir(index)
         start = time.time()
         _run_logged([sys.executable, LAUNCH, f"--config={self.sweep.config}", f"--workdir={run_dir}",
@@ -149,16 +183,21 @@ class Runner:
         return metrics_of(heldout, record)
 
     def _eval_point(self, index: int) -> dict:
+        """Evaluates the base run under the point's settings; runs are loaded once per checkpoint (sample.step)."""
         from diffax.config_checks import validate_config
         from diffax.run import load_run
-        from diffax.run_config import apply_overrides
+        from diffax.run_config import apply_overrides, read_run_file
 
-        if self._loaded is None:
-            self._loaded = load_run(self.base_run)
-        config = apply_overrides(self._loaded.config, {
-            key: override_text(value) for key, value in {**self.sweep.overrides, **self.sweep.points[index]}.items()})
+        overrides = config_overrides({**self.sweep.overrides, **self.sweep.points[index]})
+        config = apply_overrides(read_run_file(self.base_run)[0],
+                                 {key: override_text(value) for key, value in overrides.items()})
         validate_config(config)
-        return self._evaluate(self._loaded, config)
+        step = config.sample.step
+        if step not in self._loaded:
+            self._loaded[step] = load_run(self.base_run, step)
+        trained = self._loaded[step]
+        return {"step": trained.step, "train_seconds": _train_seconds(self.base_run, trained.step),
+                **self._evaluate(trained, config)}
 
     def run_point(self, index: int) -> dict:
         """Runs point `index` and writes its result.json; a failure is recorded, not raised."""
@@ -270,20 +309,27 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", help="experiments/<name>.py")
+    parser.add_argument("sweep", help="experiments/<name>.py; --config.KEY=VALUE arguments join its overrides")
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--parallel", type=int, default=1, help="train points run side by side")
     parser.add_argument("--run", default=None, help="eval sweeps: a trained run's workdir (default DIR/base)")
     parser.add_argument("--point", type=int, default=None, help="run only this point (array jobs)")
     parser.add_argument("--emit", choices=("commands", "slurm"), default=None)
     parser.add_argument("--retry_failed", action="store_true", help="run failed points again")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    extra = dict(argument.removeprefix("--config.").split("=", 1) for argument in rest
+                 if argument.startswith("--config.") and "=" in argument)
+    unknown = [argument for argument in rest if not (argument.startswith("--config.") and "=" in argument)]
+    if unknown:
+        parser.error(f"unrecognized arguments: {unknown} (config overrides are --config.KEY=VALUE)")
     try:
         sweep = load_sweep(args.sweep)
+        sweep = dataclasses.replace(sweep, overrides={**sweep.overrides, **extra})
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     runner = Runner(sweep, args.sweep, args.workdir, args.run)
+    runner.write_record(sys.argv if argv is None else ["experiments/run.py", *argv])
     if args.emit:
         print(runner.emit(args.emit))
         return 0

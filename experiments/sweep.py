@@ -9,6 +9,7 @@ An experiment file `experiments/<name>.py` defines `get_sweep() -> Sweep`:
             config="configs/digits.py",                   # file.py[:variant]
             action="eval",                                # evaluate one trained run under each point's settings
             points=product({"sample.method": ["ddim", "dpmpp_2m"]}, {"sample.num_steps": [5, 10, 20]}),
+            # A point's "label.<name>" keys only label its row (e.g. denoiser calls); the rest are config keys.
             overrides={"eval.loss": False},               # shared by every point
             plots=[Plot(x="sample.num_steps", y="fcd", group="sample.method")])
 
@@ -29,6 +30,7 @@ from typing import Any
 
 ACTIONS = ("train", "eval")
 EVAL_PREFIXES = ("sample.", "eval.")  # What an eval point may change on a trained run.
+LABEL_PREFIX = "label."  # Point keys that only label a result (e.g. "label.calls"), never passed to the config.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +64,8 @@ class Sweep:
             raise ValueError("a sweep needs at least one point")
         if self.action == "eval":
             for point in self.points:
-                fixed = [key for key in {**self.overrides, **point} if not key.startswith(EVAL_PREFIXES)
-                         and key != "seed"]
+                fixed = [key for key in config_overrides({**self.overrides, **point})
+                         if not key.startswith(EVAL_PREFIXES) and key != "seed"]
                 if fixed:
                     raise ValueError(f"eval sweep point {dict(point)} changes {fixed}: an eval point may change "
                                      f"only {EVAL_PREFIXES} keys and seed (train those in an action='train' sweep)")
@@ -71,6 +73,11 @@ class Sweep:
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"sweep points repeat: {repeated}")
+
+
+def config_overrides(point: Mapping[str, Any]) -> dict[str, Any]:
+    """The point's config keys (its `label.` keys dropped)."""
+    return {key: value for key, value in point.items() if not key.startswith(LABEL_PREFIX)}
 
 
 def product(*axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -84,6 +91,22 @@ def product(*axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
         columns.append([dict(zip(axis, values)) for values in zip(*axis.values())])
     return [dict(itertools.chain.from_iterable(part.items() for part in combination))
             for combination in itertools.product(*columns)]
+
+
+# Denoiser calls of a sampler run of N steps: (calls per step, calls saved on the final step onto sigma = 0).
+_CALLS = {"heun": (2, 1), "dpmpp_2s": (2, 1), "dpmpp_2s_ancestral": (2, 1), "pc": (2, 0)}
+
+
+def sampler_points(methods: Sequence[str], budgets: Sequence[int]) -> list[dict[str, Any]]:
+    """Points {sample.method, sample.num_steps, label.calls} that give each sampler about `budget` denoiser calls
+    per sample (two-call solvers get (budget + 1) // 2 steps; label.calls is the count they make)."""
+    points = []
+    for method in methods:
+        per_step, saved = _CALLS.get(method, (1, 0))
+        for budget in budgets:
+            steps = max(1, (budget + saved) // per_step)
+            points.append({"sample.method": method, "sample.num_steps": steps, "label.calls": per_step * steps - saved})
+    return points
 
 
 def override_text(value: Any) -> str:

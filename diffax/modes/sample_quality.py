@@ -32,7 +32,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from diffax import console, generate
-from diffax.evaluation import metrics
+from diffax.evaluation import inception, metrics
 from diffax.experiment import MixtureSource, data_source, make_iterator
 from diffax.run import Run, load_run
 
@@ -60,9 +60,7 @@ def _feature_network(choice: str, inception_weights: str, batch_size: int) -> tu
         if not inception_weights:
             raise ValueError("config.eval.features = 'inception' needs config.eval.inception_weights=PATH (an .npz "
                              "from `python -m diffax.convert inception pt_inception-2015-12-05-*.pth PATH`)")
-        from diffax.evaluation import inception  # TODO merge
-
-        return "fid", inception.feature_fn(inception_weights, batch_size=batch_size)
+        return "fid", inception.inception_feature_fn(inception_weights, batch_size=batch_size)
     if choice.startswith("classifier:"):
         workdir = choice.removeprefix("classifier:")
         classifier = load_run(workdir)
