@@ -90,7 +90,7 @@ def metrics_of(heldout: Mapping[str, float], record: Mapping[str, Any] | None) -
     metrics = {key.removeprefix("eval/"): value for key, value in heldout.items() if key != "step"}
     if record is not None:
         metrics.update(record["scores"])
-        metrics["sampling_seconds"] = record["sampling_seconds"]
+        metrics.update(sampling_seconds=record["sampling_seconds"], nonfinite_samples=record["nonfinite_samples"])
     return metrics
 
 
@@ -296,7 +296,7 @@ class Runner:
 
 def _format(value: Any) -> str:
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4g}"
+        return "nan" if math.isnan(value) else f"{value:.4g}"
     return "" if value is None else str(value).replace("|", "/")
 
 

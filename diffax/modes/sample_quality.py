@@ -158,12 +158,14 @@ def evaluate_samples(trained: Run, config: ml_collections.ConfigDict) -> dict | 
         return None
     sample_config = config.sample
     start = time.perf_counter()
-    samples = trained.sample(count, labels=sample_config.labels or None, seed=sample_config.seed,
-                             ema=sample_config.ema_index, progress=None)
+    raw = trained.sample(count, labels=sample_config.labels or None, seed=sample_config.seed,
+                         ema=sample_config.ema_index, progress=None, raw=True)
     sampling_seconds = time.perf_counter() - start
+    samples = generate.to_data_range(raw, trained.experiment.is_image)
     settings = trained.sampler_settings()
     record = {"step": trained.step, "sampler": dataclasses.asdict(settings), "ema_index": sample_config.ema_index,
-              "seed": sample_config.seed, "num_samples": count, "sampling_seconds": sampling_seconds}
+              "seed": sample_config.seed, "num_samples": count, "sampling_seconds": sampling_seconds,
+              "nonfinite_samples": int(np.sum(~np.isfinite(raw.reshape(count, -1)).all(1)))}
     start = time.perf_counter()
     if is_mixture:
         record["scores"] = mixture_scores(source.make_mixture(), samples, config.seed)
