@@ -7,6 +7,7 @@ raw and every EMA parameter set.
                   images, uniformly dequantized (diffax.likelihood), with the unconditional denoiser
 
 The run's own config is used (WORKDIR/run.json), with the command line's eval overrides.
+A classifier run is evaluated by `diffax.modes.evaluate_classifier` (held-out accuracy).
 Results go to WORKDIR/eval_<step>.json and, as `eval/...` scalars, to metrics.jsonl and TensorBoard.
 """
 
@@ -23,6 +24,7 @@ from etils import epath
 
 from diffax import console, likelihood, parallel
 from diffax.experiment import Experiment, make_iterator
+from diffax.modes import evaluate_classifier
 from diffax.run import Run, load_run
 from diffax.train.metrics import MetricWriter
 from diffax.train.step import make_loss_fn
@@ -75,6 +77,8 @@ def heldout_bits_per_dim(experiment: Experiment, parameter_sets: dict[str, Any],
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Evaluates the checkpoint; returns {"eval/loss/<set>": ..., "eval/bits_per_dim/<set>": ...}."""
+    if config.task == "classifier":
+        return evaluate_classifier.run(config, workdir)
     trained = load_run(workdir, config.sample.step, config=config)
     experiment, mesh, step = trained.experiment, trained.mesh, trained.step
     parameter_sets = _parameter_sets(trained)
