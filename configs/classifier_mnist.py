@@ -13,13 +13,13 @@ def get_config(variant: str = ""):
     config.task = "classifier"
     config.data.name = "mnist5k"
     config.model.name = "classifier"
-    config.model.kwargs.update(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, feature_dim=128,
+    config.model.kwargs.update(channels=16, channel_mult=(1, 2, 4), num_res_blocks=1, feature_dim=128,
                                dropout=0.1)
     config.optim.learning_rate = 2e-3
     config.optim.warmup_steps = 100
     config.optim.decay = "cosine"
     config.optim.weight_decay = 1e-4
-    config.train.batch_size = 128
+    config.train.batch_size = 64
     config.train.num_steps = 1500
     config.train.ema_decays = (0.99,)
     config.train.log_every = 100
