@@ -55,7 +55,7 @@ def main(argv):
     from diffax import parallel
     from diffax.checkpoint import CheckpointError
     from diffax.config_checks import validate_config
-    from diffax.modes import MODES
+    from diffax.modes import MODES, check_mode
     from diffax.modes.train import NonFiniteLossError
     from diffax.run_config import resolve_config
 
@@ -69,6 +69,7 @@ def main(argv):
         # Before any device work: bad values fail here, in one line naming the key.
         config = resolve_config(_MODE.value == "train", file_config, _WORKDIR.value, _OVERRIDES)
         validate_config(config)
+        check_mode(_MODE.value, config, _WORKDIR.value)
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         MODES[_MODE.value](config, _WORKDIR.value)
     except (ValueError, OSError, CheckpointError, NonFiniteLossError, parallel.ClusterError) as error:

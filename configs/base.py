@@ -13,6 +13,10 @@ import ml_collections
 def get_base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # Parameters, per-step randomness (fold_in(key, step)), data order, sampling noise.
+    # 'diffusion', or 'classifier': an image classifier of the data's labels (configs/classifier_*.py), trained by
+    # the same engine with a cross-entropy loss; its features score samples offline. The diffusion and sample
+    # sections do not apply to it.
+    config.task = "diffusion"
 
     config.data = data = ml_collections.ConfigDict()
     data.name = "digits"       # A bundled data set (digits, mnist5k), 'toy2d', or a TFDS data set as array_record.

@@ -15,11 +15,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from diffax import nets, objectives, sampling, schedules
-from diffax.experiment import DTYPES, parse_shape
+from diffax.experiment import DTYPES, TASKS, parse_shape
 from diffax.sampling import SOLVERS
 from diffax.train.optimizer import DECAYS
 
 CHOICES = {
+    "task": TASKS,
     "model.name": nets.NETWORKS, "model.compute_dtype": DTYPES, "diffusion.schedule": schedules.SCHEDULES,
     "diffusion.prediction": objectives.PREDICTIONS, "diffusion.noise_conditioning": objectives.NOISE_CONDITIONINGS,
     "diffusion.weighting": objectives.WEIGHTINGS, "diffusion.time_sampling": objectives.TIME_SAMPLERS,
@@ -76,6 +77,20 @@ def _check_solver_options(config: ml_collections.ConfigDict) -> None:
                          f"refuses them: {error}") from None
 
 
+def _check_task(config: ml_collections.ConfigDict) -> None:
+    """A classifier run needs a classifier network (nets.CLASSIFIERS) and no label conditioning; a diffusion run
+    a score network."""
+    model = config.model
+    if config.task == "classifier":
+        _require(model.name in nets.CLASSIFIERS, "model.name", model.name,
+                 f"a classifier ({sorted(nets.CLASSIFIERS)}) for config.task = 'classifier'")
+        _require(not model.class_conditional, "model.class_conditional", model.class_conditional,
+                 "False for config.task = 'classifier' (the classifier predicts the label)")
+    else:
+        _require(model.name not in nets.CLASSIFIERS, "model.name", model.name,
+                 f"a score network for config.task = {config.task!r}, not a classifier")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first invalid key."""
     for key, registry in CHOICES.items():
@@ -92,6 +107,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _require(_is_number(value) and 0.0 <= value <= 1.0, key, value, "a number in [0, 1]")
     _require(0.0 <= config.model.label_dropout < 1.0, "model.label_dropout", config.model.label_dropout,
              "a probability in [0, 1)")
+    _check_task(config)
 
     train = config.train
     _require(train.batch_size % train.grad_accum_steps == 0, "train.batch_size", train.batch_size,

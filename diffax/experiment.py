@@ -1,7 +1,10 @@
 """What a run is made of, built from its config: the network, the forward process, the data and the denoiser.
 
-The one place that reads the config's `model`, `diffusion` and `data` keys, so that every mode (train, sample,
-eval, bench) and `diffax.load_run` agree on shapes, conditioning and parameterization.
+The one place that reads the config's `task`, `model`, `diffusion` and `data` keys, so that every mode (train,
+sample, eval, bench) and `diffax.load_run` agree on shapes, conditioning and parameterization. A run's task is
+`diffusion` (a score network called as net(x, noise_level, cond) under a forward process) or `classifier` (an image
+classifier net(x) -> logits over the data set's labels, with no forward process: its `schedule` is None); the
+network's inputs (`Experiment.dummy_inputs`) are decided here and nowhere else.
 
 Data sets are sources in `DATA_SOURCES`, a plain dict from `data.name` to a `DataSource`; a name that is not a key
 is read as a TFDS data set (the bundled ones, `digits` and `mnist5k`, are prepared on first use). A source gives
@@ -12,6 +15,7 @@ trained run stores it beside its config (`diffax.run_config`), so sampling never
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import flax.linen as nn
@@ -27,6 +31,7 @@ from diffax.data import sources
 from diffax.schedules import Schedule, get_schedule
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+TASKS = ("diffusion", "classifier")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,17 +149,24 @@ class Experiment:
 
     Attributes:
       config: the run's config.
-      model: the Flax network, `model.apply({'params': p}, x, noise_level, cond, train=...)`.
-      schedule: the forward process.
+      model: the Flax network, `model.apply({'params': p}, *inputs, train=...)` with the inputs of `dummy_inputs`:
+        (x, noise_level, cond) for diffusion, (x,) for a classifier.
+      schedule: the forward process; None for a classifier.
       spec: the data's `DataSpec`.
-      num_classes: label classes the network is conditioned on (the data's, when model.class_conditional), or None.
+      num_classes: label classes the network is conditioned on (the data's, when model.class_conditional), or
+        None; for a classifier, the classes it predicts (the data's).
     """
 
     config: ml_collections.ConfigDict
     model: nn.Module
-    schedule: Schedule
+    schedule: Schedule | None
     spec: DataSpec
     num_classes: int | None
+
+    @property
+    def task(self) -> str:
+        """'diffusion' or 'classifier' (config.task)."""
+        return self.config.task
 
     @property
     def example_shape(self) -> tuple[int, ...]:
@@ -168,12 +180,13 @@ class Experiment:
         """The same network on other inputs (e.g. latents in benchmarks)."""
         return dataclasses.replace(self, spec=dataclasses.replace(self.spec, example_shape=tuple(shape)))
 
-    def net_fn(self, params: Any, *, train: bool, dropout_key: jax.Array | None = None) -> objectives.NetFn:
-        """net_fn(x_in (B, *example_shape), noise_level (B,), cond) -> output, parameters closed over."""
+    def net_fn(self, params: Any, *, train: bool, dropout_key: jax.Array | None = None) -> Callable[..., jax.Array]:
+        """The network with `params` closed over, on inputs of the form of `dummy_inputs`: diffusion
+        net_fn(x_in (B, *example_shape), noise_level (B,), cond) -> output; classifier net_fn(x) -> logits."""
         rngs = {"dropout": dropout_key} if dropout_key is not None else None
 
-        def net_fn(x_in, noise_level, cond):
-            return self.model.apply({"params": params}, x_in, noise_level, cond, train=train, rngs=rngs)
+        def net_fn(*inputs):
+            return self.model.apply({"params": params}, *inputs, train=train, rngs=rngs)
 
         return net_fn
 
@@ -183,10 +196,14 @@ class Experiment:
         return objectives.make_x0_fn(self.net_fn(params, train=False), self.schedule, diffusion.prediction,
                                      diffusion.noise_conditioning, diffusion.sigma_data)
 
-    def dummy_inputs(self) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-        """(x (1, *example_shape), noise_level (1,), cond (1,) or None): zeros to initialize or trace the network."""
+    def dummy_inputs(self) -> tuple[jax.Array, ...]:
+        """Zeros of the network's positional inputs, to initialize or trace it: diffusion (x (1, *example_shape),
+        noise_level (1,), cond (1,) or None); classifier (x (1, *example_shape),)."""
+        x = jnp.zeros((1, *self.example_shape), jnp.float32)
+        if self.task == "classifier":
+            return (x,)
         cond = jnp.zeros((1,), jnp.int32) if self.num_classes else None
-        return jnp.zeros((1, *self.example_shape), jnp.float32), jnp.zeros((1,)), cond
+        return x, jnp.zeros((1,)), cond
 
     def init_params(self, key: jax.Array) -> Any:
         """Fresh parameters (use under jit / eval_shape)."""
@@ -199,7 +216,11 @@ def build_experiment(config: ml_collections.ConfigDict, spec: DataSpec | None = 
     without it the data set is read (require_data as in `TfdsSource.spec`)."""
     spec = spec or data_spec(config, require_data=require_data)
     model_config = config.model
-    num_classes = spec.num_classes if model_config.class_conditional else None
+    classifier = config.task == "classifier"
+    if classifier and not spec.num_classes:
+        raise ValueError(f"config.task = 'classifier' needs labelled data; data set {config.data.name!r} has no "
+                         f"class labels")
+    num_classes = spec.num_classes if model_config.class_conditional or classifier else None
     overrides = dict(model_config.kwargs.to_dict())
     if num_classes:
         overrides["num_classes"] = num_classes
@@ -208,6 +229,7 @@ def build_experiment(config: ml_collections.ConfigDict, spec: DataSpec | None = 
     except TypeError as error:  # An attribute the network does not have.
         raise ValueError(f"config.model.kwargs = {overrides}: {error}") from None
     diffusion = config.diffusion
-    schedule = get_schedule(diffusion.schedule, shift=diffusion.shift, zero_terminal_snr=diffusion.zero_terminal_snr,
-                            **diffusion.schedule_kwargs.to_dict())
+    schedule = None if classifier else get_schedule(
+        diffusion.schedule, shift=diffusion.shift, zero_terminal_snr=diffusion.zero_terminal_snr,
+        **diffusion.schedule_kwargs.to_dict())
     return Experiment(config, model, schedule, spec, num_classes)

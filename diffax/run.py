@@ -6,6 +6,9 @@
     images.shape, images.dtype                            # (16, 8, 8, 1) uint8
     x0_fn = run.denoiser(labels=jnp.full((4,), 3))        # x0_fn(x_t (4, 8, 8, 1), t (4,)) -> x0_hat, in [-1, 1]
 
+    classifier = diffax.load_run("/tmp/cls_digits")          # a classifier run (configs/classifier_digits.py)
+    classifier.predict(images), classifier.features(images)  # (16,) labels, (16, 128) penultimate features
+
 `sample` returns images as uint8 (N, H, W, C) in 0..255, and other data (2-D points) as float32 in the data's own
 units. Sample i of a seed is the same whatever `batch_size` and device count (`diffax.generate`). Only the chosen
 parameter set is read from the checkpoint, never the optimizer state, and the data set is never opened.
@@ -32,8 +35,9 @@ from diffax.train.optimizer import make_optimizer
 from diffax.train.state import config_abstract_state
 
 
-class Run:
-    """A trained run: its config, experiment (network, schedule, data spec), checkpoint step and parameters."""
+class TrainedRun:
+    """A trained run of either task: its config, experiment (network, schedule, data spec), checkpoint step and
+    parameters."""
 
     def __init__(self, workdir: str, config: ml_collections.ConfigDict, experiment: Experiment,
                  checkpointer: Checkpointer, step: int, mesh: jax.sharding.Mesh):
@@ -69,6 +73,13 @@ class Run:
             restored, _ = self._checkpointer.restore(request, self.step)
             self._params[index] = restored["params"] if index == -1 else restored["ema_params"][index]
         return self._params[index]
+
+    def close(self) -> None:
+        self._checkpointer.close()
+
+
+class Run(TrainedRun):
+    """A trained diffusion run: its denoiser, samples and edits."""
 
     def denoiser(self, labels: Any = None, guidance: float = 1.0, *, ema: bool | int = True,
                  clip_denoised: bool = False):
@@ -179,8 +190,48 @@ class Run:
         other._params = self._params
         return other
 
-    def close(self) -> None:
-        self._checkpointer.close()
+
+class ClassifierRun(TrainedRun):
+    """A trained classifier (config.task = 'classifier'): labels, logits and penultimate features of images.
+
+    Images are what `to_model_images` takes (uint8 (N, H, W, C) in 0..255, as `Run.sample` returns them). They go
+    through the network in batches of `batch_size` (default config.eval.batch_size, split over the mesh's
+    devices), the last batch padded, so the network compiles once per batch size and output kind.
+    """
+
+    @functools.cached_property
+    def _forward(self):
+        def forward(params, images, return_features):
+            return self.experiment.model.apply({"params": params}, images, train=False,
+                                               return_features=return_features)
+
+        return jax.jit(forward, static_argnums=2, out_shardings=parallel.replicated(self.mesh))
+
+    def _outputs(self, images: Any, return_features: bool, ema: bool | int, batch_size: int | None) -> np.ndarray:
+        images = to_model_images(images, self.experiment.example_shape)
+        batch_size = batch_size or self.config.eval.batch_size
+        parallel.check_batch_size(batch_size, self.mesh.devices.size)
+        sharding = parallel.batch_sharding(self.mesh)
+        outputs = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            padded = np.pad(batch, [(0, batch_size - len(batch))] + [(0, 0)] * (batch.ndim - 1))
+            out = self._forward(self.params(ema), jax.device_put(padded, sharding), return_features)
+            outputs.append(np.asarray(parallel.to_host(out))[:len(batch)])
+        return np.concatenate(outputs).astype(np.float32)
+
+    def logits(self, images: Any, *, ema: bool | int = True, batch_size: int | None = None) -> np.ndarray:
+        """float32 (N, num_classes) logits of the images, with the EMA (`TrainedRun.params`) or raw parameters."""
+        return self._outputs(images, False, ema, batch_size)
+
+    def predict(self, images: Any, *, ema: bool | int = True, batch_size: int | None = None) -> np.ndarray:
+        """int32 (N,) predicted labels: the argmax of the logits."""
+        return np.argmax(self.logits(images, ema=ema, batch_size=batch_size), axis=-1).astype(np.int32)
+
+    def features(self, images: Any, *, ema: bool | int = True, batch_size: int | None = None) -> np.ndarray:
+        """float32 (N, feature_dim) penultimate features (`diffax.nets.classifier`), the input of the metrics of
+        `diffax.evaluation.metrics` (Fréchet classifier distance, KID, precision/recall)."""
+        return self._outputs(images, True, ema, batch_size)
 
 
 def _as_array(images: Any) -> np.ndarray:
@@ -225,8 +276,10 @@ def to_masks(masks: Any, count: int, example_shape: tuple[int, ...]) -> np.ndarr
         raise ValueError(f"masks of shape {array.shape} do not fit {count} images of shape {shape}") from None
 
 
-def load_run(workdir: str, step: int | None = None, *, config: ml_collections.ConfigDict | None = None) -> Run:
-    """The run trained in `workdir` at checkpoint `step` (default: the newest).
+def load_run(workdir: str, step: int | None = None, *,
+             config: ml_collections.ConfigDict | None = None) -> Run | ClassifierRun:
+    """The run trained in `workdir` at checkpoint `step` (default: the newest): a `Run`, or a `ClassifierRun` for
+    config.task = 'classifier'.
 
     config: the run's config with changes already applied (the modes pass the command line's); default: the
     config the run saved. Its `mesh` section places the parameters (default: all devices).
@@ -238,4 +291,5 @@ def load_run(workdir: str, step: int | None = None, *, config: ml_collections.Co
     experiment = build_experiment(config, saved[1])
     checkpointer = Checkpointer(workdir, max_to_keep=None)
     step = checkpointer.check_step(step)
-    return Run(workdir, config, experiment, checkpointer, step, parallel.mesh_from_config(config.mesh))
+    kind = ClassifierRun if config.task == "classifier" else Run
+    return kind(workdir, config, experiment, checkpointer, step, parallel.mesh_from_config(config.mesh))

@@ -11,8 +11,8 @@ data set).
 Overrides are `--config.KEY=VALUE`. VALUE is read as a Python literal (`3`, `1e-4`, `(1, 2)`, `True`, `None`) and
 kept as text where that fails or the key holds text. Keys under OPEN_SECTIONS (network attributes, solver options,
 schedule/weighting/time-sampling arguments) may be keys the config file does not set; elsewhere an unknown key is
-an error. A loaded run takes every override except those of RUN_KEYS (what the run trained: its network, forward
-process and data), where a value that differs from the saved one is an error naming the keys.
+an error. A loaded run takes every override except those of RUN_KEYS (what the run trained: its task, network,
+forward process and data), where a value that differs from the saved one is an error naming the keys.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from diffax.experiment import DataSpec
 RUN_FILE = "run.json"
 OPEN_SECTIONS = ("model.kwargs", "sample.options", "diffusion.schedule_kwargs", "diffusion.weighting_kwargs",
                  "diffusion.time_kwargs")
-RUN_KEYS = ("model", "diffusion", "data.name", "data.split", "data.image_size", "data.toy_examples",
+RUN_KEYS = ("task", "model", "diffusion", "data.name", "data.split", "data.image_size", "data.toy_examples",
             "train.ema_decays")
 _PREFIX = "--config."
 

@@ -7,10 +7,22 @@
     edit      denoise, img2img or inpaint given images with a trained run (diffax.modes.edit)
     stats     reference feature statistics of a data set, for FID / FCD (diffax.modes.stats)
 
+A classifier run (config.task = 'classifier') has train and eval only (`TASK_MODES`).
 Modes sit on the top floor: nothing in diffax imports them but `launch.py`.
 """
+
+import ml_collections
 
 from diffax.modes import bench, edit, evaluate, sample, stats, train
 
 MODES = {"train": train.run, "sample": sample.run, "eval": evaluate.run, "bench": bench.run, "edit": edit.run,
          "stats": stats.run}
+TASK_MODES = {"diffusion": tuple(MODES), "classifier": ("train", "eval", "stats")}
+
+
+def check_mode(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Raises ValueError, naming the workdir and the modes it has, when `mode` does not apply to config.task."""
+    modes = TASK_MODES[config.task]
+    if mode not in modes:
+        raise ValueError(f"{workdir} is a {config.task} run (config.task = {config.task!r}); --mode {mode} needs a "
+                         f"diffusion run, a {config.task} run has --mode {', '.join(modes)}")

@@ -12,7 +12,8 @@ raw and every EMA parameter set, and the quality of its samples.
 The run's own config is used (WORKDIR/run.json), with the command line's eval and sample overrides.
 Held-out results go to WORKDIR/eval_<step>.json, sample scores to WORKDIR/eval/<step>_<sampler settings>.json
 (named like the sample files, so other settings never overwrite them), and both, as `eval/...` scalars, to
-metrics.jsonl and TensorBoard.
+metrics.jsonl and TensorBoard. A classifier run is evaluated by `diffax.modes.evaluate_classifier` (held-out
+accuracy).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from etils import epath
 
 from diffax import console, likelihood, parallel
 from diffax.experiment import Experiment, make_iterator
+from diffax.modes import evaluate_classifier
 from diffax.modes.sample import sample_file_stem
 from diffax.modes.sample_quality import evaluate_samples
 from diffax.run import Run, load_run
@@ -110,6 +112,8 @@ def evaluate(trained: Run, config: ml_collections.ConfigDict) -> tuple[dict[str,
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Evaluates the checkpoint; returns {"eval/loss/<set>": ..., "eval/bits_per_dim/<set>": ...,
     "eval/<score>/<sampler settings>": ...}, also written to metrics.jsonl and TensorBoard."""
+    if config.task == "classifier":
+        return evaluate_classifier.run(config, workdir)
     trained = load_run(workdir, config.sample.step, config=config)
     results, record = evaluate(trained, config)
     if record is not None:

@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 from diffax import console, generate
 from diffax.evaluation import inception, metrics
 from diffax.experiment import MixtureSource, data_source, make_iterator
-from diffax.run import Run, load_run
+from diffax.run import ClassifierRun, Run, load_run
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 images (N, H, W, C) -> float32 features (N, D)
 
@@ -64,7 +64,7 @@ def _feature_network(choice: str, inception_weights: str, batch_size: int) -> tu
     if choice.startswith("classifier:"):
         workdir = choice.removeprefix("classifier:")
         classifier = load_run(workdir)
-        if not hasattr(classifier, "features"):
+        if not isinstance(classifier, ClassifierRun):
             raise ValueError(f"config.eval.features = {choice!r}: {workdir!r} holds a diffusion run, not a classifier")
         return "fcd", functools.partial(classifier.features, batch_size=batch_size)
     raise ValueError(f"config.eval.features = {choice!r}: expected 'inception' or 'classifier:WORKDIR'")

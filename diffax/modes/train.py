@@ -5,7 +5,7 @@
                             is resumed, a damaged one set aside (`diffax.checkpoint`)
     WORKDIR/metrics.jsonl   one JSON line per logged step (with its wall time)
     WORKDIR/tensorboard/    TensorBoard event file(s): scalars, sample grids, the config
-    WORKDIR/samples/        step_<step, 7 digits>.png sample grids from the EMA parameters
+    WORKDIR/samples/        step_<step, 7 digits>.png sample grids from the EMA parameters (diffusion runs)
 
 The steps run through `diffax.train.runner.StepRunner`, which owns any speed machinery. Signals (`diffax.signals`):
 a SIGTERM or Ctrl-C in the loop makes the run save a checkpoint after the step in flight and return; `run` then
@@ -155,6 +155,7 @@ def _loop(experiment: Experiment, mesh: jax.sharding.Mesh, checkpointer: Checkpo
     pending: list[tuple[int, dict]] = []
     window_start, window_examples = time.time(), 0
     timed = False
+    grids = experiment.task == "diffusion"  # A classifier has no samples to show.
     console.info(f"training {config.model.name} from step {step} to {train_config.num_steps} on "
                  f"{mesh.devices.size} devices")
     try:
@@ -185,10 +186,11 @@ def _loop(experiment: Experiment, mesh: jax.sharding.Mesh, checkpointer: Checkpo
                     how = "interrupted" if signals.requested() == signal.SIGINT else "preempted"
                     console.warning(f"{how}: saved step {step}, exiting")
                     break
-                if train_config.sample_every and step % train_config.sample_every == 0 and not done:
+                if grids and train_config.sample_every and step % train_config.sample_every == 0 and not done:
                     write_samples(experiment, runner.state(held), mesh, workdir, step, writer)
             else:
-                console.info(f"wrote {write_samples(experiment, runner.state(held), mesh, workdir, step, writer)}")
+                if grids:
+                    console.info(f"wrote {write_samples(experiment, runner.state(held), mesh, workdir, step, writer)}")
     finally:
         checkpointer.wait()
         progress.close()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
+from diffax.nets.classifier import Classifier
 from diffax.nets.dit import DiT
 from diffax.nets.mlp import MLP
 from diffax.nets.unet import UNet
@@ -29,6 +30,10 @@ DIT_SIZES: dict[str, dict[str, int]] = {
     "l": dict(depth=24, hidden_size=1024, num_heads=16),
     "xl": dict(depth=28, hidden_size=1152, num_heads=16),
 }
+
+# Image classifiers (`config.task = "classifier"`): `__call__(x, *, train, return_features=False)`, no noise
+# level or conditioning; their penultimate features serve the offline sample-quality metrics.
+CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {"classifier": Classifier}
 
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "unet": UNet,
@@ -53,6 +58,7 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "dit_tiny": functools.partial(DiT, patch_size=2, hidden_size=64, depth=2, num_heads=4),
     **{f"dit_{size}_{patch}": functools.partial(DiT, patch_size=patch, **dims)
        for size, dims in DIT_SIZES.items() for patch in (2, 4, 8)},
+    **CLASSIFIERS,
 }
 
 

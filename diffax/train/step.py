@@ -1,5 +1,6 @@
 """One optimizer step as a pure function: loss, gradients (optionally accumulated over micro-batches), clipping,
-AdamW, EMA.
+AdamW, EMA. The loss is the task's (`LOSSES`): the denoising loss, or a classifier's softmax cross-entropy; the
+rest of the step, and of the engine, is the same for both.
 
     key_s = fold_in(base_key, s)
     g = mean over k micro-batches of grad loss(params, micro-batch j, fold_in(key_s, j))   (k = grad_accum_steps)
@@ -30,8 +31,13 @@ Metrics = dict[str, jax.Array]
 StepFn = Callable[..., tuple[TrainState, Metrics]]
 
 
-def make_loss_fn(experiment: Experiment) -> Callable[[dict, Batch, jax.Array, bool], tuple[jax.Array, Metrics]]:
-    """loss_fn(params, batch, key, train) -> (loss, metrics): the config's denoising loss on batch["image"]."""
+LossFn = Callable[[dict, Batch, jax.Array, bool], tuple[jax.Array, Metrics]]
+
+
+def denoising_loss_fn(experiment: Experiment) -> LossFn:
+    """loss_fn(params, batch, key, train) -> (loss, metrics {"loss", "eps_mse", "x0_mse"}): the config's denoising
+    loss on batch["image"] (`diffax.objectives.denoising_loss`), conditioned on batch["label"] where the network
+    is class-conditional."""
     config = experiment.config
     diffusion = config.diffusion
 
@@ -52,6 +58,32 @@ def make_loss_fn(experiment: Experiment) -> Callable[[dict, Batch, jax.Array, bo
     return loss_fn
 
 
+def classification_loss_fn(experiment: Experiment) -> LossFn:
+    """loss_fn(params, batch, key, train) -> (loss, metrics {"loss", "accuracy"}): the softmax cross-entropy of
+    the classifier's logits z = net(batch["image"]) against the labels y = batch["label"],
+
+        loss = mean_i (logsumexp_k z_ik - z_iy_i),    accuracy = mean_i [argmax_k z_ik = y_i],
+
+    with dropout drawn from `key` in training."""
+    def loss_fn(params, batch: Batch, key: jax.Array, train: bool = True):
+        net_fn = experiment.net_fn(params, train=train, dropout_key=key if train else None)
+        logits = net_fn(batch["image"]).astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == batch["label"])
+        return loss, {"loss": loss, "accuracy": accuracy}
+
+    return loss_fn
+
+
+LOSSES: dict[str, Callable[[Experiment], LossFn]] = {"diffusion": denoising_loss_fn,
+                                                     "classifier": classification_loss_fn}
+
+
+def make_loss_fn(experiment: Experiment) -> LossFn:
+    """loss_fn(params, batch, key, train) -> (loss, metrics): the loss of the experiment's task (`LOSSES`)."""
+    return LOSSES[experiment.task](experiment)
+
+
 def _microbatches(batch: Batch, count: int, mesh: Mesh) -> Batch:
     """(B, ...) -> (count, B / count, ...), micro-batch j = examples j, j + count, ... (stays on its devices)."""
     sharding = parallel.batch_sharding(mesh, leading_axes=1)
@@ -68,7 +100,8 @@ def make_step_fn(experiment: Experiment, optimizer: optax.GradientTransformation
 
     batch: {"image": (B, *example), "label": (B,)}. net_params: the parameters the network computes with, if not
     state.params (the runner's cast copy: some leaves in the compute dtype); the gradient is taken there and cast to
-    the parameters' dtypes. metrics: {"loss", "eps_mse", "x0_mse", "grad_norm", "learning_rate"}, scalars.
+    the parameters' dtypes. metrics: the loss's ({"loss", "eps_mse", "x0_mse"} or {"loss", "accuracy"}) and
+    {"grad_norm", "learning_rate"}, scalars.
     """
     config = experiment.config
     accum = config.train.grad_accum_steps

@@ -7,7 +7,8 @@ import pytest
 
 from train_helpers import launch, tiny_digits
 
-RECIPES = ("toy2d", "digits", "mnist", "cifar10_ddpm", "cifar10_edm", "imagenet64")
+RECIPES = ("toy2d", "digits", "mnist", "cifar10_ddpm", "cifar10_edm", "imagenet64", "classifier_digits",
+           "classifier_mnist")
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
