@@ -57,6 +57,7 @@ def main(argv):
     from diffax.config_checks import validate_config
     from diffax.modes import MODES, check_mode
     from diffax.modes.train import NonFiniteLossError
+    from configs import base as config_defaults
     from diffax.run_config import resolve_config
 
     try:
@@ -67,7 +68,8 @@ def main(argv):
         except OSError as error:
             raise FileNotFoundError(f"--config: {_one_line(error)}") from error
         # Before any device work: bad values fail here, in one line naming the key.
-        config = resolve_config(_MODE.value == "train", file_config, _WORKDIR.value, _OVERRIDES)
+        config = resolve_config(_MODE.value == "train", file_config, _WORKDIR.value, _OVERRIDES,
+                                defaults=config_defaults.get_base_config())
         validate_config(config)
         check_mode(_MODE.value, config, _WORKDIR.value)
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

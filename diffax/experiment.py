@@ -166,7 +166,7 @@ class Experiment:
     @property
     def task(self) -> str:
         """'diffusion' or 'classifier' (config.task)."""
-        return self.config.task
+        return self.config.get("task", "diffusion")  # Runs saved before `task` existed are diffusion runs.
 
     @property
     def example_shape(self) -> tuple[int, ...]:
@@ -216,7 +216,7 @@ def build_experiment(config: ml_collections.ConfigDict, spec: DataSpec | None = 
     without it the data set is read (require_data as in `TfdsSource.spec`)."""
     spec = spec or data_spec(config, require_data=require_data)
     model_config = config.model
-    classifier = config.task == "classifier"
+    classifier = config.get("task") == "classifier"
     if classifier and not spec.num_classes:
         raise ValueError(f"config.task = 'classifier' needs labelled data; data set {config.data.name!r} has no "
                          f"class labels")

@@ -291,5 +291,5 @@ def load_run(workdir: str, step: int | None = None, *,
     experiment = build_experiment(config, saved[1])
     checkpointer = Checkpointer(workdir, max_to_keep=None)
     step = checkpointer.check_step(step)
-    kind = ClassifierRun if config.task == "classifier" else Run
+    kind = ClassifierRun if config.get("task") == "classifier" else Run  # Runs saved before `task` are diffusion.
     return kind(workdir, config, experiment, checkpointer, step, parallel.mesh_from_config(config.mesh))

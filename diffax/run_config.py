@@ -166,12 +166,14 @@ def read_run_file(workdir: str) -> tuple[ml_collections.ConfigDict, DataSpec | N
 
 
 def resolve_config(train: bool, file_config: ml_collections.ConfigDict | None, workdir: str,
-                   overrides: Mapping[str, str]) -> ml_collections.ConfigDict:
+                   overrides: Mapping[str, str], defaults: ml_collections.ConfigDict | None = None
+                   ) -> ml_collections.ConfigDict:
     """The config a mode runs with.
 
     Training: the config file with the overrides; resuming a run whose RUN_KEYS differ is an error naming them.
     Other modes on a workdir that holds a run: the run's config with the overrides (RUN_KEYS may not change); a
-    config file given too supplies only the keys the run's config lacks (runs saved by older versions).
+    config file given too, and then `defaults` (configs/base.py's), supply only the keys the run's config lacks
+    (runs saved by older versions, before those keys existed).
     Other modes elsewhere (bench on a fresh workdir): the config file with the overrides.
     """
     saved = read_run_file(workdir)
@@ -185,8 +187,11 @@ def resolve_config(train: bool, file_config: ml_collections.ConfigDict | None, w
                 raise ValueError(f"workdir {workdir!r} holds a run trained with other values of {differing}: "
                                  f"resume with its config, or train in a new workdir")
         return config
-    base = saved[0] if file_config is None else to_config(_overlay(file_config.to_dict(), saved[0].to_dict()))
-    config = apply_overrides(base, overrides)
+    base = saved[0].to_dict()
+    for fallback in (file_config, defaults):
+        if fallback is not None:
+            base = _overlay(fallback.to_dict(), base)
+    config = apply_overrides(to_config(base), overrides)
     differing = differing_run_keys(saved[0], config, keys=list(overrides))
     if differing:
         raise ValueError(f"{differing} of the run in {workdir!r} cannot be changed after training (they define the "

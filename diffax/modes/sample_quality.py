@@ -15,8 +15,8 @@ independent of the batch size and device count. Papers' FIDs use 50,000 samples 
 statistics: small N biases FD upwards (the same N compares runs; `eval.num_samples`).
 
 Features are computed on every process from all samples (the samples are replicated after sampling) and from the
-real images each process reads, gathered to all. Real images: every full batch of eval.batch_size in
-data.eval_split, up to N of them (a last partial batch is dropped; `num_real` records the count).
+real images each process reads, gathered to all. Real images: up to N of data.eval_split, read in batches that
+divide their number where one can (`num_real` records the count).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from diffax import console, generate
+from diffax import data as data_lib
 from diffax.evaluation import inception, metrics
 from diffax.experiment import MixtureSource, data_source, make_iterator
 from diffax.run import ClassifierRun, Run, load_run
@@ -70,14 +71,27 @@ def _feature_network(choice: str, inception_weights: str, batch_size: int) -> tu
     raise ValueError(f"config.eval.features = {choice!r}: expected 'inception' or 'classifier:WORKDIR'")
 
 
+def _divisor_batch(count: int, largest: int, multiple_of: int) -> int:
+    """The largest batch <= `largest`, a multiple of `multiple_of`, that divides `count` (so no image is dropped),
+    else `largest` rounded down to a multiple of `multiple_of` (the last partial batch is then dropped)."""
+    for batch in range(min(largest, count), 0, -1):
+        if count % batch == 0 and batch % multiple_of == 0:
+            return batch
+    return largest - largest % multiple_of
+
+
 def real_feature_batches(config: ml_collections.ConfigDict, split: str, features: FeatureFn,
                          limit: int | None = None) -> Iterator[np.ndarray]:
-    """Features (b, D) of `split`'s images in full batches of eval.batch_size (the last partial one dropped), each
-    batch gathered from all processes, until `limit` features (None: the whole split)."""
-    batch = eval_batch = min(config.eval.batch_size, limit or config.eval.batch_size)
-    batch -= batch % jax.process_count()
+    """Features (b, D) of `split`'s images, each batch gathered from all processes, until `limit` features (None:
+    the whole split). The batch (at most eval.batch_size) divides the number read where one can, so every image
+    counts; else the last partial batch is dropped."""
+    available = data_lib.dataset_spec(config.data.name, split=split, data_dir=config.data.data_dir,
+                                      image_size=config.data.image_size).num_examples
+    wanted = available if limit is None else min(limit, available)
+    batch = _divisor_batch(wanted, config.eval.batch_size, jax.process_count())
     if batch == 0:
-        raise ValueError(f"eval.batch_size {eval_batch} is smaller than the {jax.process_count()} processes")
+        raise ValueError(f"eval.batch_size {config.eval.batch_size} is smaller than the {jax.process_count()} "
+                         f"processes")
     iterator = make_iterator(config, split=split, global_batch_size=batch, seed=config.seed, num_epochs=1,
                              train=False)
     seen = 0
@@ -87,7 +101,7 @@ def real_feature_batches(config: ml_collections.ConfigDict, split: str, features
             local_features = np.asarray(multihost_utils.process_allgather(local_features, tiled=True))
         yield local_features
         seen += len(local_features)
-        if limit is not None and seen >= limit:
+        if seen >= wanted:
             return
 
 

@@ -5,9 +5,9 @@
 
 writes WORKDIR/stats/<data.name>_<split>_<features>.npz with `mu` (D,) and `sigma` (D, D) (float64; the layout of
 ADM's reference batches, which `--config.eval.reference_stats=PATH` reads) and `num_examples`. The split is
-eval.stats_split (default data.split: papers' FIDs compare 50,000 samples with the training set). Every full batch
-of eval.batch_size is used (choose one that divides the split to use every image); statistics accumulate in float64
-over batches, so the split never has to fit in memory.
+eval.stats_split (default data.split: papers' FIDs compare 50,000 samples with the training set), read in batches
+of at most eval.batch_size that divide its size where one can (every image counts); statistics accumulate in
+float64 over batches, so the split never has to fit in memory.
 """
 
 from __future__ import annotations
