@@ -2,7 +2,7 @@
 
     train     train or resume (diffax.modes.train)
     sample    samples from a trained run (diffax.modes.sample)
-    eval      held-out loss and bits/dim of a trained run (diffax.modes.evaluate)
+    eval      held-out loss and bits/dim of a trained run (diffax.modes.evaluate); accuracy of a classifier run
     bench     speed, memory and accuracy on synthetic data (diffax.modes.bench)
     edit      denoise, img2img or inpaint given images with a trained run (diffax.modes.edit)
 
