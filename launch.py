@@ -27,7 +27,7 @@ from diffax import signals
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/NAME.py[:VARIANT]", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run: checkpoints, metrics, samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "bench", "edit"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "bench", "edit", "stats"], "What to run.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (explicit multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (explicit multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (explicit multi-host).")

@@ -38,6 +38,7 @@ SOLVERS = {
     "dpmpp_2s": ("dpmpp_2s", {}, 2),
     "dpmpp_2m": ("dpmpp_2m", {}, 1),
     "dpmpp_3m": ("dpmpp_3m", {}, 1),
+    "dpmpp_3m_exact": ("dpmpp_3m", {"second_difference": "exact"}, 1),
     "unipc_bh1_1": ("unipc", {"order": 1, "variant": "bh1"}, 1),
     "unipc_bh1_2": ("unipc", {"order": 2, "variant": "bh1"}, 1),
     "unipc_bh1_3": ("unipc", {"order": 3, "variant": "bh1"}, 1),

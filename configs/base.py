@@ -114,12 +114,20 @@ def get_base_config() -> ml_collections.ConfigDict:
     edit.jump_length = 10      # inpaint: RePaint's resampling (jump_n_sample 1: plain replacement).
     edit.jump_n_sample = 10
 
-    config.eval = evaluation = ml_collections.ConfigDict()
-    evaluation.batch_size = 256
+    config.eval = evaluation = ml_collections.ConfigDict()  # --mode eval (diffax/modes/evaluate.py).
+    evaluation.batch_size = 256  # Held-out loss batches; images per feature-network call.
+    evaluation.loss = True     # Held-out loss of every parameter set.
     evaluation.num_batches = 4  # Held-out batches for the loss (each with its own noise draws).
     evaluation.bits_per_dim = True  # Image data: probability-flow ODE bits/dim (slow; on bpd_examples images).
     evaluation.bpd_examples = 64
     evaluation.bpd_rtol = 1e-3
+    # Sample quality (diffax/modes/sample_quality.py): samples drawn with the sample.* settings and scored; None:
+    # 10,000 on GPUs and TPUs, 1,000 on a CPU; 0: none. Mixture data (toy2d) are scored exactly; images need:
+    evaluation.num_samples = ml_collections.FieldReference(None, field_type=int)
+    evaluation.features = ""   # 'classifier:WORKDIR' (FCD with a trained classifier run, offline) or 'inception' (FID).
+    evaluation.inception_weights = ""  # .npz from `python -m diffax.convert inception pt_inception-...pth OUT.npz`.
+    evaluation.reference_stats = ""  # .npz with mu, sigma (--mode stats, or ADM's reference batches): FD to it too.
+    evaluation.stats_split = ""  # --mode stats: the split whose statistics are written ("": data.split).
 
     config.bench = bench = ml_collections.ConfigDict()
     bench.batch_size = ml_collections.FieldReference(None, field_type=int)  # None: train.batch_size.

@@ -10,9 +10,11 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
-from diffax import nets, objectives, schedules
+from diffax import nets, objectives, sampling, schedules
 from diffax.experiment import DTYPES, TASKS, parse_shape
 from diffax.sampling import SOLVERS
 from diffax.train.optimizer import DECAYS
@@ -52,13 +54,27 @@ def _is_number(value: Any) -> bool:
 
 
 def _check_solver_options(config: ml_collections.ConfigDict) -> None:
-    """Every key of sample.options must be a keyword of the solver's step."""
-    step = SOLVERS[config.sample.method].step
+    """Every key of sample.options must be a keyword of the solver's step, and its value one the solver takes:
+    a two-step run on a (1, 2) input is traced (nothing computed), so a bad value stops the launch rather than the
+    first sample grid of a training run."""
+    sample = config.sample
+    step = SOLVERS[sample.method].step
     accepted = [name for name, parameter in inspect.signature(step).parameters.items()
                 if parameter.kind == inspect.Parameter.KEYWORD_ONLY]
-    for option in config.sample.options.keys():
-        _require(option in accepted, f"sample.options.{option}", config.sample.options[option],
-                 f"an option of sampler {config.sample.method!r}: one of {accepted}")
+    for option in sample.options.keys():
+        _require(option in accepted, f"sample.options.{option}", sample.options[option],
+                 f"an option of sampler {sample.method!r}: one of {accepted}")
+    schedule = schedules.get_schedule(config.diffusion.schedule, shift=config.diffusion.shift,
+                                      zero_terminal_snr=config.diffusion.zero_terminal_snr,
+                                      **config.diffusion.schedule_kwargs.to_dict())
+    grid = schedules.time_grid(schedule, 2, sample.grid)
+    try:
+        jax.eval_shape(lambda noise: sampling.sample(lambda x, t: x, schedule, noise, grid, sample.method,
+                                                     jax.random.key(0), **sample.options.to_dict()),
+                       jax.ShapeDtypeStruct((1, 2), jnp.float32))
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"config.sample.options = {sample.options.to_dict()}: sampler {sample.method!r} "
+                         f"refuses them: {error}") from None
 
 
 def _check_task(config: ml_collections.ConfigDict) -> None:
@@ -115,6 +131,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     parse_shape(config.bench.example_shape, "bench.example_shape")
     _require(config.edit.intermediates <= config.edit.num_steps, "edit.intermediates", config.edit.intermediates,
              f"at most edit.num_steps = {config.edit.num_steps} (states of the reverse run)")
+    evaluation = config.eval
+    _require(evaluation.num_samples is None or (isinstance(evaluation.num_samples, int) and evaluation.num_samples
+                                                >= 0), "eval.num_samples", evaluation.num_samples,
+             "None (10,000 on accelerators, 1,000 on a CPU) or a number of samples")
+    _require(evaluation.features in ("", "inception") or evaluation.features.startswith("classifier:"),
+             "eval.features", evaluation.features, "'', 'inception' or 'classifier:WORKDIR'")
     levels = config.edit.noise_std
     _require(len(levels) > 0 and all(_is_number(std) and std > 0 for std in levels), "edit.noise_std", levels,
              "a tuple of positive numbers")

@@ -9,6 +9,7 @@ float rounding of the network, whatever the batch size, the number of devices or
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 from jax.sharding import Mesh
 
 from diffax import parallel
@@ -139,16 +141,20 @@ def make_generator(experiment: Experiment, settings: SamplerSettings, mesh: Mesh
 
 def generate_samples(experiment: Experiment, params: Any, settings: SamplerSettings, mesh: Mesh, *,
                      num_samples: int, seed: int, batch_size: int, labels: np.ndarray | None = None,
-                     edit: Edit | None = None, inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
+                     edit: Edit | None = None, inputs: dict[str, np.ndarray] | None = None,
+                     progress: bool | None = False) -> np.ndarray:
     """Samples 0..num_samples - 1 of the draw with `seed` (N, *example) in the network's data space, in calls of
     `batch_size` (the last call padded); labels (N,) for class-conditional networks. With `edit` and its `inputs`
-    {name: (N, ...)} (images to edit, masks), each sample is that edit of its inputs (`make_generator`)."""
+    {name: (N, ...)} (images to edit, masks), each sample is that edit of its inputs (`make_generator`).
+    progress: a tqdm bar over the samples on stderr (process 0); None: when stderr is a terminal."""
     if experiment.num_classes and labels is None:
         raise ValueError("a class-conditional network needs labels (N,)")
     batch_size = min(batch_size, num_samples)
     generate = make_generator(experiment, settings, mesh, batch_size, edit)
     inputs = inputs or {}
     chunks = []
+    show_bar = (sys.stderr.isatty() if progress is None else progress) and jax.process_index() == 0
+    bar = tqdm.tqdm(total=num_samples, unit="sample", dynamic_ncols=True, disable=not show_bar)
     for start in range(0, num_samples, batch_size):
         indices = np.arange(start, start + batch_size, dtype=np.int32)
         chunk_labels = None if not experiment.num_classes else np.resize(labels[start:start + batch_size],
@@ -156,6 +162,8 @@ def generate_samples(experiment: Experiment, params: Any, settings: SamplerSetti
         chunk_inputs = {name: _padded(value[start:start + batch_size], batch_size) for name, value in inputs.items()}
         samples = generate(params, jnp.uint32(seed), indices, chunk_labels, chunk_inputs)
         chunks.append(np.asarray(parallel.to_host(samples)))
+        bar.update(min(batch_size, num_samples - start))
+    bar.close()
     return np.concatenate(chunks)[:num_samples]
 
 

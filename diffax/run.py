@@ -29,7 +29,7 @@ import PIL.Image
 from diffax import generate, parallel
 from diffax.checkpoint import Checkpointer
 from diffax.experiment import Experiment, build_experiment
-from diffax.run_config import read_run_file
+from diffax.run_config import differing_run_keys, read_run_file
 from diffax.sampling import editing
 from diffax.train.optimizer import make_optimizer
 from diffax.train.state import config_abstract_state
@@ -97,18 +97,19 @@ class Run(TrainedRun):
     def sample(self, num: int, labels: Sequence[int] | None = None, *, method: str | None = None,
                steps: int | None = None, grid: str | None = None, guidance: float | None = None, seed: int = 0,
                options: dict[str, Any] | None = None, ema: bool | int = True, batch_size: int | None = None,
-               raw: bool = False) -> np.ndarray:
+               raw: bool = False, progress: bool | None = False) -> np.ndarray:
         """`num` samples as numpy: uint8 images (N, H, W, C) or float32 points (N, D); raw=True returns the
         network's data space instead ([-1, 1] float32 images).
 
         labels: class of each sample (cycled to `num`), default 0, 1, 2, ...; method, steps, grid, guidance and
-        options default to the run's config.sample; batch_size samples per call (default config.sample.batch_size).
+        options default to the run's config.sample; batch_size samples per call (default config.sample.batch_size);
+        progress shows a bar (None: on a terminal).
         """
         settings = self.sampler_settings(method=method, num_steps=steps, grid=grid, guidance_scale=guidance,
                                          options=options)
         samples = generate.generate_samples(
             self.experiment, self.params(ema), settings, self.mesh, num_samples=num, seed=seed,
-            batch_size=batch_size or self.config.sample.batch_size,
+            batch_size=batch_size or self.config.sample.batch_size, progress=progress,
             labels=generate.sample_labels(num, self.experiment.num_classes, () if labels is None else labels))
         return samples if raw else generate.to_data_range(samples, self.experiment.is_image)
 
@@ -178,6 +179,16 @@ class Run(TrainedRun):
 
         return self._edit(edit, images, settings, labels=labels, seed=seed, ema=ema, batch_size=batch_size,
                           raw=raw, masks=masks)
+
+    def with_config(self, config: ml_collections.ConfigDict) -> Run:
+        """This run, sharing its loaded parameters, under `config`: the run's config with other sampler or eval
+        settings (sweeps of sampler settings load a run once). Changing what the run trained is an error."""
+        differing = differing_run_keys(self.config, config)
+        if differing:
+            raise ValueError(f"{differing} of the run in {self.workdir!r} cannot be changed after training")
+        other = Run(self.workdir, config, self.experiment, self._checkpointer, self.step, self.mesh)
+        other._params = self._params
+        return other
 
 
 class ClassifierRun(TrainedRun):

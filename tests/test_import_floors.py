@@ -13,7 +13,7 @@ FLOORS = {
     **dict.fromkeys(("schedules", "objectives", "sampling", "likelihood", "mixture"), 0),  # The math.
     **dict.fromkeys(("kernels", "data", "evaluation", "parallel", "checkpoint", "console", "signals"), 1),
     "nets": 2,
-    **dict.fromkeys(("experiment", "generate", "run_config"), 3),
+    **dict.fromkeys(("experiment", "generate", "run_config", "convert"), 3),
     **dict.fromkeys(("train", "config_checks"), 4),
     "run": 5,
     "modes": 6,

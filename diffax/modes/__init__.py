@@ -2,9 +2,10 @@
 
     train     train or resume (diffax.modes.train)
     sample    samples from a trained run (diffax.modes.sample)
-    eval      held-out loss and bits/dim of a trained run (diffax.modes.evaluate); accuracy of a classifier run
+    eval      held-out loss, bits/dim and sample quality of a trained run (diffax.modes.evaluate)
     bench     speed, memory and accuracy on synthetic data (diffax.modes.bench)
     edit      denoise, img2img or inpaint given images with a trained run (diffax.modes.edit)
+    stats     reference feature statistics of a data set, for FID / FCD (diffax.modes.stats)
 
 A classifier run (config.task = 'classifier') has train and eval only (`TASK_MODES`).
 Modes sit on the top floor: nothing in diffax imports them but `launch.py`.
@@ -12,10 +13,11 @@ Modes sit on the top floor: nothing in diffax imports them but `launch.py`.
 
 import ml_collections
 
-from diffax.modes import bench, edit, evaluate, sample, train
+from diffax.modes import bench, edit, evaluate, sample, stats, train
 
-MODES = {"train": train.run, "sample": sample.run, "eval": evaluate.run, "bench": bench.run, "edit": edit.run}
-TASK_MODES = {"diffusion": tuple(MODES), "classifier": ("train", "eval")}
+MODES = {"train": train.run, "sample": sample.run, "eval": evaluate.run, "bench": bench.run, "edit": edit.run,
+         "stats": stats.run}
+TASK_MODES = {"diffusion": tuple(MODES), "classifier": ("train", "eval", "stats")}
 
 
 def check_mode(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -23,4 +25,4 @@ def check_mode(mode: str, config: ml_collections.ConfigDict, workdir: str) -> No
     modes = TASK_MODES[config.task]
     if mode not in modes:
         raise ValueError(f"{workdir} is a {config.task} run (config.task = {config.task!r}); --mode {mode} needs a "
-                         f"diffusion run, a {config.task} run has --mode {' and '.join(modes)}")
+                         f"diffusion run, a {config.task} run has --mode {', '.join(modes)}")

@@ -1,14 +1,19 @@
 """`--mode eval`: held-out metrics of a trained run's checkpoint (config.sample.step, default the newest), for the
-raw and every EMA parameter set.
+raw and every EMA parameter set, and the quality of its samples.
 
-    loss          the training objective on eval.num_batches batches of data.eval_split, with noise and times
-                  drawn from PRNGKey(seed) per batch (the same draws for every parameter set)
+    loss          (eval.loss) the training objective on eval.num_batches batches of data.eval_split, with noise
+                  and times drawn from PRNGKey(seed) per batch (the same draws for every parameter set)
     bits_per_dim  (images, eval.bits_per_dim) the probability-flow ODE likelihood of eval.bpd_examples held-out
                   images, uniformly dequantized (diffax.likelihood), with the unconditional denoiser
+    samples       eval.num_samples samples with the config's sampler settings and EMA (sample.*), scored by
+                  FCD / FID, KID, precision/recall, density/coverage, or exactly on mixtures
+                  (`diffax.modes.sample_quality`)
 
-The run's own config is used (WORKDIR/run.json), with the command line's eval overrides.
-A classifier run is evaluated by `diffax.modes.evaluate_classifier` (held-out accuracy).
-Results go to WORKDIR/eval_<step>.json and, as `eval/...` scalars, to metrics.jsonl and TensorBoard.
+The run's own config is used (WORKDIR/run.json), with the command line's eval and sample overrides.
+Held-out results go to WORKDIR/eval_<step>.json, sample scores to WORKDIR/eval/<step>_<sampler settings>.json
+(named like the sample files, so other settings never overwrite them), and both, as `eval/...` scalars, to
+metrics.jsonl and TensorBoard. A classifier run is evaluated by `diffax.modes.evaluate_classifier` (held-out
+accuracy).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from etils import epath
 from diffax import console, likelihood, parallel
 from diffax.experiment import Experiment, make_iterator
 from diffax.modes import evaluate_classifier
+from diffax.modes.sample import sample_file_stem
+from diffax.modes.sample_quality import evaluate_samples
 from diffax.run import Run, load_run
 from diffax.train.metrics import MetricWriter
 from diffax.train.step import make_loss_fn
@@ -75,22 +82,46 @@ def heldout_bits_per_dim(experiment: Experiment, parameter_sets: dict[str, Any],
             for name, params in parameter_sets.items()}
 
 
+def _write_json(path: epath.Path, record: dict) -> None:
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
+
+
+def evaluate(trained: Run, config: ml_collections.ConfigDict) -> tuple[dict[str, float], dict | None]:
+    """(held-out results {"eval/loss/<set>": ..., "eval/bits_per_dim/<set>": ...}, the sample-quality record or
+    None) of a loaded run under `config` (its own with eval/sample changes), written to the run's workdir."""
+    experiment, mesh, step, workdir = trained.experiment, trained.mesh, trained.step, trained.workdir
+    heldout = {}
+    if config.eval.loss or (experiment.is_image and config.eval.bits_per_dim):
+        parameter_sets = _parameter_sets(trained)
+        if config.eval.loss:
+            heldout.update({f"eval/loss/{name}": value
+                            for name, value in heldout_loss(experiment, parameter_sets, mesh).items()})
+        if experiment.is_image and config.eval.bits_per_dim:
+            heldout.update({f"eval/bits_per_dim/{name}": value
+                            for name, value in heldout_bits_per_dim(experiment, parameter_sets, mesh).items()})
+        _write_json(epath.Path(workdir) / f"eval_{step:07d}.json", {"step": step, **heldout})
+    record = evaluate_samples(trained, config)
+    if record is not None:
+        record["name"] = sample_file_stem(trained, trained.sampler_settings(), record["num_samples"])
+        _write_json(epath.Path(workdir) / "eval" / f"{record['name']}.json", record)
+    return heldout, record
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Evaluates the checkpoint; returns {"eval/loss/<set>": ..., "eval/bits_per_dim/<set>": ...}."""
+    """Evaluates the checkpoint; returns {"eval/loss/<set>": ..., "eval/bits_per_dim/<set>": ...,
+    "eval/<score>/<sampler settings>": ...}, also written to metrics.jsonl and TensorBoard."""
     if config.task == "classifier":
         return evaluate_classifier.run(config, workdir)
     trained = load_run(workdir, config.sample.step, config=config)
-    experiment, mesh, step = trained.experiment, trained.mesh, trained.step
-    parameter_sets = _parameter_sets(trained)
-    results = {f"eval/loss/{name}": value for name, value in heldout_loss(experiment, parameter_sets, mesh).items()}
-    if experiment.is_image and config.eval.bits_per_dim:
-        results.update({f"eval/bits_per_dim/{name}": value
-                        for name, value in heldout_bits_per_dim(experiment, parameter_sets, mesh).items()})
+    results, record = evaluate(trained, config)
+    if record is not None:
+        tag = record["name"].split("_", 1)[1]  # The settings without the step.
+        results.update({f"eval/{name}/{tag}": value for name, value in record["scores"].items()})
     trained.close()
-    if jax.process_index() == 0:
-        (epath.Path(workdir) / f"eval_{step:07d}.json").write_text(json.dumps({"step": step, **results}, indent=1))
     writer = MetricWriter(workdir)
-    writer.write(step, results)
+    writer.write(trained.step, results)
     writer.close()
-    console.info(f"eval at step {step}: {results}")
+    console.info(f"eval at step {trained.step}: {results}")
     return results

@@ -8,14 +8,28 @@ SDE family (eta = 0: the ODE; eta = 1: the reverse SDE, "SDE-DPM-Solver++", Lu e
 and the solvers expand x0_hat(u) in u. Substituting v = (1 + eta) u, the x0 terms are the ODE's with h -> H:
     order 1   alpha_next phi1(H) x0_hat,                       phi1(H) = 1 - e^{-H}
     2M        + alpha_next phi1(H) D1 / 2                       (the reference "midpoint" form, second order)
-    3M        + alpha_next (1 - phi1(H) / H) D1 - alpha_next (2 phi2(H) - 1) D2,   phi2(H) = (e^{-H} - 1 + H) / H^2
+    3M        + alpha_next (1 - phi1(H) / H) D1 - alpha_next c2(H) D2,   phi2(H) = (e^{-H} - 1 + H) / H^2
 with D1, D2 the first and half the second divided differences of the last three outputs in l, scaled by h and h^2.
-3M's D2 coefficient is the exact integral of the quadratic Taylor term; the reference implementations'
-(phi2 - 1/2) is half of it, which is not exact for quadratic x0_hat and measures second order, not third
-(tests/diffusion/test_sampling.py checks exactness on polynomials and the order on the ODE).
+
+3M's D2 coefficient c2 is the option `second_difference`:
+    "reference" (default)  c2 = phi2(H) - 1/2     diffusers' DPMSolverMultistepScheduler (solver_order=3),
+                                                   k-diffusion's sample_dpmpp_3m_sde ("phi_3 = phi_2 / h - 0.5")
+                                                   and LuChengTHU/dpm-solver: second order (measured);
+    "exact"                c2 = 2 phi2(H) - 1     the exact integral of the quadratic Taylor term: third order,
+                                                   exact for quadratic x0_hat (tests/diffusion/test_sampling.py).
+The default is the solver users know as "DPM++ 3M" and reproduces the reference's samples. It is also the more
+accurate one at equal calls on DDPM's trailing grid down to sigma = 0 (`python benchmarks/solver_accuracy.py`, RMS
+error against the ODE's solution, benchmarks/RESULTS.md), where the steps grow in log-SNR towards the end and its
+halved, damped extrapolation of D2 loses less; reference / exact: 2.38e-01 / 2.37e-01 at 5 calls, 1.11e-01 /
+1.13e-01 at 10, 4.43e-02 / 5.13e-02 at 20, 7.17e-03 / 8.98e-03 at 50. "exact" wins once the steps are small and
+even: stopping at t = 0.1 without lowering the final orders, 2.8e-04 / 1.4e-04 at 45 steps and 6.4e-05 / 1.8e-05 at
+90 (slopes 2.1 / 2.9; tests/diffusion/test_sampling.py::test_solvers_reach_their_order_stopping_at_t01).
 
 Multistep solvers make one denoiser call per step: order min(k, 1 + earlier outputs) on the first steps (no extra
-call), and with `lower_order_final` (default, as in the reference) order at most N - i on step i of N.
+call), and with `lower_order_final` (default) on grids of N < LOWER_ORDER_FINAL_BELOW = 15 steps order at most N - i
+on step i of N: diffusers' rule (`lower_order_final and len(timesteps) < 15`), so that 3M's samples are the
+reference's at any N. (Lowering the second-to-last step at N >= 15 as well loses at 20 calls on the benchmark above,
+5.83e-02 instead of 4.43e-02, and gains at 50, 4.76e-03 instead of 7.17e-03: neither rule wins both.)
 The step onto sigma = 0 (h infinite) is first order: x_next = alpha_next x0_hat, the denoised last state, which is
 the reference's final_sigmas_type="zero". To stop at a noise level instead, end the grid at t_end > 0 and sample with
 denoise_final=False (the reference's "sigma_min"), or True to denoise there with one more call.
@@ -35,6 +49,7 @@ from diffax.sampling.common import (Solver, StepContext, denoise, gaussian_like,
                                     multistep_order, num_earlier)
 
 _SMALL_H = 1e-2
+LOWER_ORDER_FINAL_BELOW = 15
 
 
 def _phi1(h):
@@ -52,14 +67,24 @@ def half_log_snr(schedule, t):
     return 0.5 * schedule.log_snr(t)
 
 
+# second_difference -> 3M's D2 coefficient c2(H) (module docstring).
+SECOND_DIFFERENCES = {
+    "reference": lambda big_h: _phi2(big_h) - 0.5,
+    "exact": lambda big_h: 2.0 * _phi2(big_h) - 1.0,
+}
+
+
 def _first_order(x, x0_hat, sigma, sigma_next, alpha_next, h):
     return (sigma_next / sigma) * x + alpha_next * _phi1(h) * x0_hat
 
 
 def multistep_step(ctx: StepContext, x, state, t, t_next, *, order: int, eta: float = 0.0,
-                   lower_order_final: bool = True):
-    """DPM-Solver++(kM) with k = order in {1, 2, 3}; its SDE form with eta > 0.
-    State: earlier x0_hat (k-1, *x.shape), their half log-SNRs (k-1,)."""
+                   lower_order_final: bool = True, second_difference: str = "reference"):
+    """DPM-Solver++(kM) with k = order in {1, 2, 3}; its SDE form with eta > 0; second_difference picks 3M's D2
+    coefficient (a key of SECOND_DIFFERENCES). State: earlier x0_hat (k-1, *x.shape), their half log-SNRs (k-1,)."""
+    if second_difference not in SECOND_DIFFERENCES:
+        raise ValueError(f"unknown second_difference {second_difference!r}; expected one of "
+                         f"{sorted(SECOND_DIFFERENCES)}")
     history, l_history = state
     _, sigma = ctx.schedule.alpha_sigma(t)
     alpha_next, sigma_next = ctx.schedule.alpha_sigma(t_next)
@@ -69,7 +94,8 @@ def multistep_step(ctx: StepContext, x, state, t, t_next, *, order: int, eta: fl
     x0_hat = denoise(ctx, x, t)
     x_scale = (sigma_next / sigma) * jnp.exp(-eta * h) if eta else sigma_next / sigma
     x_next = first = x_scale * x + alpha_next * _phi1(big_h) * x0_hat
-    order_now = multistep_order(ctx, order, num_earlier(l_history), h, sigma_next, lower_order_final)
+    order_now = multistep_order(ctx, order, num_earlier(l_history), h, sigma_next,
+                                lower_order_final and ctx.num_steps < LOWER_ORDER_FINAL_BELOW)
     if order >= 2:
         r0 = (l_now - l_history[0]) / h
         d1_0 = (x0_hat - history[0]) / r0
@@ -79,7 +105,8 @@ def multistep_step(ctx: StepContext, x, state, t, t_next, *, order: int, eta: fl
         d1_1 = (history[0] - history[1]) / r1
         d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
         d2 = (d1_0 - d1_1) / (r0 + r1)
-        third = first + alpha_next * (1.0 - _phi1(big_h) / big_h) * d1 - alpha_next * (2.0 * _phi2(big_h) - 1.0) * d2
+        c2 = SECOND_DIFFERENCES[second_difference](big_h)
+        third = first + alpha_next * (1.0 - _phi1(big_h) / big_h) * d1 - alpha_next * c2 * d2
         x_next = jnp.where(order_now >= 3, third, x_next)
     if eta:
         noise_scale = jnp.where(sigma_next > 0, sigma_next * jnp.sqrt(-jnp.expm1(-2.0 * eta * h)), 0.0)

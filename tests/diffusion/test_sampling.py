@@ -124,24 +124,25 @@ def _reference_solution(x0_fn, schedule, x_start, t_end):
     return solution.ys[-1]
 
 
-CONVERGENCE = [  # (method, schedule, grid kind, t_end, expected order): the ends of the grids
-    ("heun", S.EDM(), "karras", 0.0, 2),
-    ("dpmpp_2m", S.EDM(), "karras", 0.0, 2),
-    ("dpmpp_3m", S.EDM(), "karras", 0.0, 3),
-    ("euler", S.RectifiedFlow(), "uniform", 0.02, 1),
-    ("heun", S.RectifiedFlow(), "uniform", 0.02, 2),
+CONVERGENCE = [  # (method, options, schedule, grid kind, t_end, expected order): the ends of the grids
+    ("heun", {}, S.EDM(), "karras", 0.0, 2),
+    ("dpmpp_2m", {}, S.EDM(), "karras", 0.0, 2),
+    ("dpmpp_3m", {"second_difference": "exact"}, S.EDM(), "karras", 0.0, 3),
+    ("euler", {}, S.RectifiedFlow(), "uniform", 0.02, 1),
+    ("heun", {}, S.RectifiedFlow(), "uniform", 0.02, 2),
 ]
 
 
-@pytest.mark.parametrize("method,schedule,kind,t_end,order", CONVERGENCE,
-                         ids=[f"{c[0]}-{type(c[1]).__name__}" for c in CONVERGENCE])
-def test_deterministic_solvers_converge_at_their_order(method, schedule, kind, t_end, order):
+@pytest.mark.parametrize("method,options,schedule,kind,t_end,order", CONVERGENCE,
+                         ids=[f"{c[0]}-{type(c[2]).__name__}" for c in CONVERGENCE])
+def test_deterministic_solvers_converge_at_their_order(method, options, schedule, kind, t_end, order):
     data = M.toy_mixture_2d()
     x0_fn = data.x0_fn(schedule)
     x_start = schedule.sigma(1.0) * jax.random.normal(jax.random.key(2), (256, 2))
     reference = _reference_solution(x0_fn, schedule, x_start, t_end)
     steps = np.array([16, 32, 64]) if order < 3 else np.array([32, 64, 128])
-    run = jax.jit(lambda noise, grid: sampling.sample(x0_fn, schedule, noise, grid, method, denoise_final=False))
+    run = jax.jit(lambda noise, grid: sampling.sample(x0_fn, schedule, noise, grid, method, denoise_final=False,
+                                                      **options))
     errors = [float(jnp.sqrt(jnp.mean((run(jax.random.normal(jax.random.key(2), (256, 2)),
                                            S.time_grid(schedule, int(n), kind, t_end=t_end)) - reference) ** 2)))
               for n in steps]
@@ -150,8 +151,9 @@ def test_deterministic_solvers_converge_at_their_order(method, schedule, kind, t
 
 
 # name -> (method, options, expected order). Multistep solvers without lower_order_final, which would make the last
-# step first order. UniPC's corrector raises its predictor's order by one; UniPC-3's fourth order reaches the float32
-# floor before its slope settles, so order 3 is measured on the predictor alone and the corrector's order by
+# step first order. 3M's default D2 coefficient (diffusers', k-diffusion's) is half the exact one: second order.
+# UniPC's corrector raises its predictor's order by one; UniPC-3's fourth order reaches the float32 floor before its
+# slope settles, so order 3 is measured on the predictor alone and the corrector's order by
 # test_unipc_corrector_is_exact_for_polynomial_data_predictions.
 ORDERS = {
     "ddim": ("ddim", {}, 1),
@@ -160,7 +162,8 @@ ORDERS = {
     "heun_t": ("heun", {"ode_time": "t"}, 2),
     "dpmpp_2s": ("dpmpp_2s", {}, 2),
     "dpmpp_2m": ("dpmpp_2m", {"lower_order_final": False}, 2),
-    "dpmpp_3m": ("dpmpp_3m", {"lower_order_final": False}, 3),
+    "dpmpp_3m": ("dpmpp_3m", {"lower_order_final": False, "second_difference": "exact"}, 3),
+    "dpmpp_3m_reference": ("dpmpp_3m", {"lower_order_final": False}, 2),
     "unipc_1_bh1": ("unipc", {"order": 1, "variant": "bh1"}, 2),
     "unipc_2": ("unipc", {"order": 2, "lower_order_final": False}, 3),
     "unip_3": ("unipc", {"order": 3, "corrector": False, "lower_order_final": False}, 3),
@@ -246,32 +249,69 @@ def test_trajectory_output():
     np.testing.assert_allclose(final, data.denoise(trajectory[-1], grid[-1], schedule), rtol=1e-6)
 
 
-@pytest.mark.parametrize("order", [1, 3])
-def test_multistep_update_is_exact_for_polynomial_data_predictions(order):
-    """If x0_hat(l) is a polynomial of degree order - 1 in l = log(alpha/sigma), DPM-Solver++(1M) and (3M) integrate
-    x_next = (sigma_next / sigma) x + alpha_next int e^{-(l_next - l)} x0_hat(l) dl exactly (Lu et al. 2022).
-    (2M keeps the paper's midpoint coefficient, second order but not exact for linear x0_hat.)"""
-    from scipy import integrate
+_STEP_TIMES = (0.5, 0.4, [0.6, 0.72])  # t, t_next and the times of the two earlier outputs, on VPLinear
 
+
+def _one_multistep_step(x0_of_l, x, order, **options):
+    """One DPM-Solver++(kM) step from x at t to t_next with earlier outputs x0_of_l(l) at the times of _STEP_TIMES
+    (l: half log-SNR), on a (1, 1) example."""
     from diffax.sampling import dpm_solver
     from diffax.sampling.common import StepContext
 
     schedule = S.VPLinear()
-    coefficients = [0.7, -0.4, 0.15][:order]
-    half_log_snr = lambda t: 0.5 * float(schedule.log_snr(t))  # noqa: E731
-    x0_of_l = lambda l: sum(c * l**k for k, c in enumerate(coefficients))  # noqa: E731
+    t, t_next, earlier = _STEP_TIMES
+    earlier_l = [0.5 * float(schedule.log_snr(s)) for s in earlier]
+    history = jnp.array([[[x0_of_l(l)]] for l in earlier_l])
+    state = (history[: order - 1], jnp.array(earlier_l)[: order - 1])
     x0_fn = lambda x, t: jnp.full_like(x, x0_of_l(0.5 * schedule.log_snr(t[0])))  # noqa: E731
-    t, t_next, earlier = 0.5, 0.4, [0.6, 0.72]
-    history = jnp.array([[[x0_of_l(half_log_snr(s))]] for s in earlier])
-    state = (history[: order - 1], jnp.array([half_log_snr(s) for s in earlier])[: order - 1])
-    x = jnp.array([[0.3]])
     ctx = StepContext(x0_fn, schedule, jnp.array(5), 10, jax.random.key(0))
-    x_next, _ = dpm_solver.multistep_step(ctx, x, state, jnp.float32(t), jnp.float32(t_next), order=order)
-    l_now, l_next = half_log_snr(t), half_log_snr(t_next)
+    x_next, _ = dpm_solver.multistep_step(ctx, jnp.array([[x]]), state, jnp.float32(t), jnp.float32(t_next),
+                                          order=order, **options)
+    return float(x_next[0, 0])
+
+
+@pytest.mark.parametrize("order,second_difference", [(1, "exact"), (3, "exact")])
+def test_multistep_update_is_exact_for_polynomial_data_predictions(order, second_difference):
+    """If x0_hat(l) is a polynomial of degree order - 1 in l = log(alpha/sigma), DPM-Solver++(1M) and (3M) with the
+    exact D2 coefficient integrate x_next = (sigma_next / sigma) x + alpha_next int e^{-(l_next - l)} x0_hat(l) dl
+    exactly (Lu et al. 2022). (2M keeps the paper's midpoint coefficient and 3M's default the reference's halved D2
+    coefficient: second order, not exact; see test_3m_default_is_the_reference_update.)"""
+    from scipy import integrate
+
+    schedule = S.VPLinear()
+    coefficients = [0.7, -0.4, 0.15][:order]
+    x0_of_l = lambda l: sum(c * l**k for k, c in enumerate(coefficients))  # noqa: E731
+    t, t_next, _ = _STEP_TIMES
+    l_now, l_next = (0.5 * float(schedule.log_snr(s)) for s in (t, t_next))
     integral, _ = integrate.quad(lambda l: np.exp(-(l_next - l)) * x0_of_l(l), l_now, l_next)
     alpha_next, sigma_next = (float(c) for c in schedule.alpha_sigma(t_next))
     expected = sigma_next / float(schedule.sigma(t)) * 0.3 + alpha_next * integral
-    assert float(x_next[0, 0]) == pytest.approx(expected, rel=1e-5)
+    x_next = _one_multistep_step(x0_of_l, 0.3, order, second_difference=second_difference)
+    assert x_next == pytest.approx(expected, rel=1e-5)
+
+
+def test_3m_default_is_the_reference_update():
+    """3M's default is diffusers' DPMSolverMultistepScheduler.multistep_dpm_solver_third_order_update with
+    algorithm_type="dpmsolver++", written here in float64 as it is there: phi_3 = phi_2 / h - 0.5 times D2.
+    An unknown second_difference is an error naming it."""
+    schedule = S.VPLinear()
+    x0_of_l = lambda l: np.sin(3.0 * l)  # noqa: E731 (not a polynomial: every term of the update matters)
+    t, t_next, earlier = _STEP_TIMES
+    alphas, sigmas = zip(*[(float(a), float(s)) for a, s in (schedule.alpha_sigma(s) for s in [t_next, t, *earlier])])
+    lambda_t, lambda_s0, lambda_s1, lambda_s2 = (np.log(a) - np.log(s) for a, s in zip(alphas, sigmas))
+    m0, m1, m2 = (x0_of_l(0.5 * float(schedule.log_snr(s))) for s in [t, *earlier])
+    h, h_0, h_1 = lambda_t - lambda_s0, lambda_s0 - lambda_s1, lambda_s1 - lambda_s2
+    r0, r1 = h_0 / h, h_1 / h
+    d1_0, d1_1 = (m0 - m1) / r0, (m1 - m2) / r1
+    d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+    d2 = (d1_0 - d1_1) / (r0 + r1)
+    alpha_t, sigma_t, sigma_s0 = alphas[0], sigmas[0], sigmas[1]
+    expected = ((sigma_t / sigma_s0) * 0.3 - alpha_t * (np.exp(-h) - 1.0) * m0
+                + alpha_t * ((np.exp(-h) - 1.0) / h + 1.0) * d1 - alpha_t * ((np.exp(-h) - 1.0 + h) / h**2 - 0.5) * d2)
+    assert _one_multistep_step(x0_of_l, 0.3, 3) == pytest.approx(expected, rel=1e-5)
+    assert _one_multistep_step(x0_of_l, 0.3, 3, second_difference="exact") != pytest.approx(expected, rel=1e-3)
+    with pytest.raises(ValueError, match="unknown second_difference 'half'; expected one of"):
+        _one_multistep_step(x0_of_l, 0.3, 3, second_difference="half")
 
 
 @pytest.mark.parametrize("method", ["ddpm", "pc"])
@@ -325,7 +365,8 @@ def test_unipc_corrector_is_exact_for_polynomial_data_predictions(order, variant
 
 def test_denoiser_calls_per_run_and_lower_order_final():
     """Multistep solvers make one call per step, the first included (no extra warm-up call); two-stage solvers two,
-    but one onto sigma = 0. lower_order_final makes step i of N at most order N - i: two steps of 3M are DDIM's."""
+    but one onto sigma = 0. lower_order_final makes step i of N at most order N - i: two steps of 3M are DDIM's.
+    DPM-Solver++ lowers only on grids of fewer than 15 steps, as diffusers does (`len(timesteps) < 15`)."""
     data = M.toy_mixture_2d()
     schedule = S.VPLinear()
     calls = []
@@ -353,6 +394,11 @@ def test_denoiser_calls_per_run_and_lower_order_final():
         full = sampling.sample(x0_fn, schedule, noise, two_steps, method, denoise_final=False,
                                lower_order_final=False, **options)
         assert not np.allclose(full, ddim, rtol=1e-3)
+    for steps, lowered in [(14, True), (15, False)]:
+        grid = S.time_grid(schedule, steps, "trailing", t_end=0.5)
+        runs = [sampling.sample(x0_fn, schedule, noise, grid, "dpmpp_3m", denoise_final=False, lower_order_final=flag)
+                for flag in (True, False)]
+        assert np.allclose(*runs, rtol=1e-6) != lowered, steps
 
 
 def test_unipc_predictor_is_dpm_solver_multistep():
@@ -363,6 +409,7 @@ def test_unipc_predictor_is_dpm_solver_multistep():
     noise = jax.random.normal(jax.random.key(14), (64, 2))
     grid = S.time_grid(schedule, 12, "log_snr", t_end=0.05)
     for order in (2, 3):
-        dpm = sampling.sample(data.x0_fn(schedule), schedule, noise, grid, f"dpmpp_{order}m")
+        dpm = sampling.sample(data.x0_fn(schedule), schedule, noise, grid, f"dpmpp_{order}m",
+                              second_difference="exact")
         unip = sampling.sample(data.x0_fn(schedule), schedule, noise, grid, "unipc", order=order, corrector=False)
         np.testing.assert_allclose(unip, dpm, rtol=1e-4, atol=1e-5)

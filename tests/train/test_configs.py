@@ -30,6 +30,8 @@ def test_recipes_and_variants_validate_and_open_with_their_command(recipe):
     ("sample.labels", (3, -1), r"config.sample.labels = \(3, -1\): expected a tuple of class indices"),
     ("sample.options", ml_collections.ConfigDict({"etaa": 1.0}),
      r"config.sample.options.etaa = 1.0: expected an option of sampler 'dpmpp_2m'"),
+    ("sample.options", ml_collections.ConfigDict({"second_difference": "half"}),
+     r"sampler 'dpmpp_2m' refuses them: unknown second_difference 'half'"),
     ("sample.ema_index", 3, r"config.sample.ema_index = 3: expected -1 .* \(length 1\)"),
     ("train.ema_decays", (1.5,), r"config.train.ema_decays = \(1.5,\)"),
     ("train.log_every", 3, r"config.train.log_every = 3: expected a multiple of train.steps_per_dispatch = 2"),

@@ -141,9 +141,9 @@ def test_bench_mode_through_launch(tfds_dir, tmp_path):
     assert 0 < results["loss_relative_error"] < 1e-2 and 0 < results["output_relative_error"] < 3e-2  # bf16.
 
 
-def test_toy2d_trains_and_samples_a_scatter_plot(tmp_path):
+def test_toy2d_trains_samples_a_scatter_plot_and_scores_its_samples_exactly(tmp_path):
     from configs import toy2d
-    from diffax.modes import sample
+    from diffax.modes import evaluate, sample
     from diffax.modes.train import train
 
     config = toy2d.get_config("tiny")
@@ -152,6 +152,17 @@ def test_toy2d_trains_and_samples_a_scatter_plot(tmp_path):
     assert np.asarray(PIL.Image.open(path)).shape == (256, 256)
     points = np.load(path.replace(".png", ".npz"))["samples"]
     assert points.shape == (256, 2) and points.dtype == np.float32
+
+    config.eval.num_samples, config.eval.loss = 512, False
+    first = evaluate.run(config, str(tmp_path))
+    record = json.load(open(tmp_path / "eval" / "0000004_heun_3-uniform_g1_ema0.999_seed0_n512.json"))
+    assert record["num_samples"] == 512 and record["sampler"]["method"] == "heun"
+    assert first == evaluate.run(config, str(tmp_path))  # Reproducible by seed.
+    scores = record["scores"]
+    # 4 training steps: far from the data (fresh data against fresh data is the floor of each score).
+    assert scores["energy_distance"] > 10 * abs(scores["energy_distance_data"])
+    assert scores["log_density"] < scores["log_density_data"] - 1.0
+    assert not os.path.exists(tmp_path / "eval_0000004.json")  # eval.loss False, bits/dim off for points.
 
 
 def test_bf16_compute_keeps_float32_parameters(tfds_dir, tmp_path):

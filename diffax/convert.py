@@ -1,0 +1,85 @@
+"""Weight converters: public weight files -> flat `.npz` files that diffax loads (`allow_pickle=False`).
+
+    python -m diffax.convert inception pt_inception-2015-12-05-6726825d.pth inception.npz
+        pytorch-fid's FID Inception weights -> `eval.inception_weights=inception.npz`
+        (`diffax.evaluation.inception.inception_feature_fn`)
+
+A converter reads a state dict (name -> tensor) from a PyTorch file (`torch.load(..., weights_only=True)`: data,
+never code; torch is needed for this alone and imported only then), a `.safetensors` file (the `safetensors`
+package) or an `.npz` of the same names, and writes the network's variables. `CONVERTERS` is the registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from diffax.evaluation import inception
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+def _read_torch(path: str) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(f"reading the PyTorch file {path!r} needs torch (pip install torch), or convert it to "
+                          ".npz or .safetensors elsewhere") from error
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path!r} holds a {type(state).__name__}, not a state dict (name -> tensor)")
+    return {name: value.detach().numpy() for name, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    try:
+        from safetensors.numpy import load_file
+    except ImportError as error:
+        raise ImportError(f"reading {path!r} needs the safetensors package (pip install safetensors)") from error
+    return load_file(path)
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+    """A state dict (name -> numpy array) from a `.pth`/`.pt`/`.bin`/`.ckpt`, `.safetensors` or `.npz` file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file {path!r} does not exist")
+    if path.endswith(TORCH_SUFFIXES):
+        return _read_torch(path)
+    if path.endswith(".safetensors"):
+        return _read_safetensors(path)
+    if path.endswith(".npz"):
+        return _read_npz(path)
+    raise ValueError(f"weights file {path!r}: expected one of {', '.join(TORCH_SUFFIXES)}, .safetensors or .npz")
+
+
+def convert_inception(source: str, destination: str) -> None:
+    """pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` -> the FID Inception variables (pool3 network)."""
+    np.savez(destination, **inception.variables_from_torch(read_state_dict(source), repr(source)))
+
+
+CONVERTERS: dict[str, Callable[[str, str], None]] = {"inception": convert_inception}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m diffax.convert", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="network", required=True)
+    for name, converter in CONVERTERS.items():
+        command = commands.add_parser(name, help=converter.__doc__)
+        command.add_argument("source", help="the weights file to read")
+        command.add_argument("destination", help="the .npz file to write")
+    args = parser.parse_args(argv)
+    destination = args.destination if args.destination.endswith(".npz") else args.destination + ".npz"
+    CONVERTERS[args.network](args.source, destination)
+    print(f"wrote {destination}")
+
+
+if __name__ == "__main__":
+    main()
