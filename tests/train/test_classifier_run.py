@@ -82,7 +82,7 @@ def test_diffusion_modes_refuse_a_classifier_run(classifier_run):
     for mode in ("edit", "bench"):
         with pytest.raises(ValueError, match=f"is a classifier run .*; --mode {mode} needs a diffusion run"):
             check_mode(mode, config, str(classifier_run))
-    for mode in ("train", "eval"):
+    for mode in ("train", "eval", "stats"):
         check_mode(mode, config, str(classifier_run))
 
 
