@@ -1,6 +1,8 @@
 """Sample-quality scoring (`diffax.modes.sample_quality`) against exact truths: samples of the true mixture score
 like fresh data, shifted ones worse; FD against stored statistics equals FD against the features themselves."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -34,3 +36,52 @@ def test_frechet_distance_to_reference_statistics_equals_the_distance_to_the_fea
         sample_quality.reference_distance(str(tmp_path / "bad.npz"), fake)
     with pytest.raises(ValueError, match="have 3 dims|features have 3"):
         sample_quality.reference_distance(path, fake[:, :3])
+
+
+def _classifier_eval_config(workdir, classifier, **eval_changes):
+    from diffax.run_config import read_run_file
+
+    config = read_run_file(workdir)[0]
+    config.eval.update(features=f"classifier:{classifier}", loss=False, bits_per_dim=False, **eval_changes)
+    config.sample.num_steps = 10
+    return config
+
+
+def test_stats_mode_writes_the_held_out_features_mean_and_covariance(tiny_run, trained_digits_classifier, tmp_path):
+    """--mode stats equals the mean and covariance of the classifier's features of every held-out digit, and an eval
+    against those statistics reports the Fréchet distance to them beside the one to the held-out features."""
+    import json
+
+    from diffax.modes import evaluate, stats
+    from diffax.modes.evaluate_classifier import heldout_examples
+    from diffax.run import load_run
+
+    config = _classifier_eval_config(tiny_run, trained_digits_classifier, stats_split="test", num_samples=32)
+    path = stats.run(config, str(tmp_path))
+    assert path.endswith("stats/digits_test_classifier-" + os.path.basename(trained_digits_classifier) + ".npz")
+    reference = np.load(path)
+    images, _ = heldout_examples(config)
+    features = load_run(trained_digits_classifier).features(images)
+    assert int(reference["num_examples"]) == len(images) == 297
+    np.testing.assert_allclose(reference["mu"], features.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(reference["sigma"], np.cov(features, rowvar=False), rtol=1e-4, atol=1e-6)
+
+    config.eval.reference_stats = path
+    evaluate.run(config, tiny_run)
+    name = "0000004_dpmpp_2m_10-uniform_g2_ema0.9_seed0_n32.json"
+    record = json.load(open(os.path.join(tiny_run, "eval", name)))
+    assert record["num_real"] == 32 and record["features"] == f"classifier:{trained_digits_classifier}"
+    assert set(record["scores"]) == {"fcd", "fcd_reference", "kid", "kid_std", "precision", "recall", "density",
+                                     "coverage"}
+
+
+def test_a_trained_digits_run_scores_far_better_than_an_untrained_one(tiny_run, digits_cpu_run,
+                                                                      trained_digits_classifier):
+    from diffax.modes import evaluate
+
+    fcd = {}
+    for name, workdir in (("untrained", tiny_run), ("trained", digits_cpu_run)):
+        config = _classifier_eval_config(workdir, trained_digits_classifier, num_samples=128)
+        results = evaluate.run(config, workdir)
+        fcd[name] = next(value for key, value in results.items() if key.startswith("eval/fcd/"))
+    assert fcd["trained"] * 3 < fcd["untrained"], fcd
