@@ -30,7 +30,6 @@ import math
 import os
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Mapping
@@ -103,7 +102,6 @@ class Runner:
         self.names = [point_name(point) for point in sweep.points]
         os.makedirs(os.path.join(self.workdir, "logs"), exist_ok=True)
         self._loaded = {}  # sample.step -> the base run loaded at that checkpoint
-        self._eval_lock = threading.Lock()
 
     def write_record(self, argv: list[str]) -> None:
         """DIR/sweep.json: the command, the commit, the machine and the date of this invocation (appended)."""
@@ -153,14 +151,13 @@ class Runner:
         _run_logged([sys.executable, LAUNCH, f"--config={self.sweep.config}", f"--workdir={run_dir}",
                      *_flags(overrides)], self._log(self.names[index]))
         train_seconds = time.time() - start
-        with self._eval_lock:  # One evaluation at a time in this process, beside the training processes.
-            from diffax.run import load_run
+        from diffax.run import load_run
 
-            trained = load_run(run_dir)
-            try:
-                return {"train_seconds": train_seconds, **self._evaluate(trained, trained.config)}
-            finally:
-                trained.close()
+        trained = load_run(run_dir)
+        try:
+            return {"train_seconds": train_seconds, **self._evaluate(trained, trained.config)}
+        finally:
+            trained.close()
 
     def train_base(self) -> None:
         """An eval sweep's base run: trained once in DIR/base by launch.py (resumed if interrupted); a run given
