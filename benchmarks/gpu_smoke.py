@@ -108,7 +108,8 @@ def main() -> None:
     import jax
 
     device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
-    cases = [(smoke_run, recipe, dtype) for recipe in args.recipes.split(",") for dtype in args.dtypes.split(",")]
+    cases = [(smoke_run, recipe, dtype) for recipe in filter(None, args.recipes.split(","))
+             for dtype in args.dtypes.split(",")]
     cases += [(full_size_bench, recipe, dtype) for recipe in filter(None, args.full_size.split(","))
               for dtype in args.dtypes.split(",")]
     rows = []
