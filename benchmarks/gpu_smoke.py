@@ -9,9 +9,9 @@ images at rtol 1e-2, and sample quality where it is exact without a feature netw
 RECIPES says: in full where its data are bundled (digits, mnist, toy2d: the networks the recipes train), and as its
 `cpu` variant where the data are not (CIFAR-10 and ImageNet are not prepared here; those variants keep the recipe's
 objective and sampler on bundled digits with a tiny UNet). The --full_size recipes then run `bench` with the full
-network at the full example shape on synthetic data (one jitted train dispatch at batch 8, `bench.train_only`),
-so the full networks' attention (the layer sizes and token counts where `diffax.nets.attention` chooses between
-cuDNN and XLA) is traced, compiled and run forward and backward in each dtype.
+network at the full example shape on synthetic data (one jitted train dispatch at batch 8 without FSDP,
+`bench.train_only`), so the full networks' attention (the layer sizes and token counts where `diffax.nets.attention`
+chooses between cuDNN and XLA) is traced, compiled and run forward and backward in each dtype.
 
 One row per recipe, dtype and what ran: `ok` with the seconds, or the error's last line. Rows go to OUT/smoke.jsonl as
 they finish (a run cut short keeps the finished ones); the table to stdout and OUT/table.md.
@@ -88,6 +88,7 @@ def full_size_bench(recipe: str, dtype: str, workdir: str) -> list[dict]:
 
     config = importlib.import_module(f"configs.{recipe}").get_config("")
     config.model.compute_dtype = dtype
+    config.mesh.fsdp = 1  # imagenet64 shards over 8 devices; batch 8 of the full network fits on one.
     config.bench.batch_size = 8
     config.bench.steps = 1
     config.bench.train_only = True
