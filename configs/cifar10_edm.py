@@ -17,7 +17,6 @@ def get_config(variant: str = ""):
     config = base.get_base_config()
     config.data.name = "cifar10"
     config.data.random_flip = True
-    config.data.worker_count = 8
     config.model.name = "ddpmpp_cifar10"
     config.model.kwargs.update(noise_scale=1.0)  # The network sees EDM's c_noise = ln(sigma) / 4 directly.
     config.diffusion.schedule = "edm"

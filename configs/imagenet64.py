@@ -20,7 +20,6 @@ def get_config(variant: str = ""):
     config.data.split = "train"
     config.data.eval_split = "validation"
     config.data.random_flip = True
-    config.data.worker_count = 8
     config.model.name = "adm_imagenet64"
     config.model.kwargs.update(out_channels=3, remat="none")  # "dots" or "full" trade compute for memory.
     config.model.class_conditional = True

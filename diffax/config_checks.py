@@ -141,6 +141,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(len(levels) > 0 and all(_is_number(std) and std > 0 for std in levels), "edit.noise_std", levels,
              "a tuple of positive numbers")
 
+    workers = config.data.worker_count
+    _require(isinstance(workers, int) and workers >= -1, "data.worker_count", workers,
+             "-1 (as many as the host can give) or a number of grain worker processes >= 0")
+
     mesh = config.mesh
     for key in ("mesh.data", "mesh.fsdp", "mesh.num_devices"):
         value = _get(config, key)

@@ -23,6 +23,7 @@ resumed run sees exactly the batches the uninterrupted run would have, with any 
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,40 @@ from diffax.data import preprocess, sources
 _READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=8)
 
 Batch = dict[str, np.ndarray]
+
+AUTO_WORKERS = -1  # `worker_count` meaning "what this host can give" (`auto_worker_count`).
+MAX_AUTO_WORKERS = 16
+
+
+def auto_worker_count(usable_cpus: int, local_devices: int, backend: str) -> int:
+    """grain worker processes for a host with `usable_cpus` cores driving `local_devices` accelerators:
+
+        0                                                       on the CPU backend
+        clip(usable_cpus - local_devices - 1, 1, MAX_AUTO_WORKERS)   otherwise
+
+    On the CPU backend the training step's XLA thread pool already uses every core, so decoding in worker processes
+    would only take cores from it: the reader threads of the training process (`_READ_OPTIONS`) do it. With
+    accelerators, the host keeps one core per local device (the runtime's thread that launches that device's
+    kernels) and one for the training loop, and gives the rest to decoding; at least one worker, since a worker's
+    decoding runs beside the launches rather than between them. At most 16: 8 workers already read a CIFAR-10-shaped
+    data set at 26,107 images/s on a 16-core host, and 14 fed one H200 training DDPM at 99% of its synthetic-data rate
+    on 1.7 cores (benchmarks/NOTES.md, input path and issue 22), so more processes would only add memory (each its own
+    interpreter, the pipeline's imports and 8 batches of read-ahead).
+    """
+    if backend == "cpu":
+        return 0
+    return int(np.clip(usable_cpus - local_devices - 1, 1, MAX_AUTO_WORKERS))
+
+
+def resolve_worker_count(worker_count: int) -> int:
+    """`worker_count` itself (>= 0), or for AUTO_WORKERS (-1) `auto_worker_count` of this host: the cores this
+    process may run on (its CPU affinity, which containers and job schedulers restrict) and its local devices."""
+    if worker_count == AUTO_WORKERS:
+        usable_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return auto_worker_count(usable_cpus, jax.local_device_count(), jax.default_backend())
+    if not isinstance(worker_count, int) or worker_count < 0:
+        raise ValueError(f"worker_count {worker_count!r}: expected -1 (auto) or a number of worker processes >= 0")
+    return worker_count
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -55,11 +90,10 @@ class DataIterator:
     """
 
     def __init__(self, batches: grain.MapDataset, *, worker_count: int, fingerprint: Mapping[str, Any]):
-        """Args: the batched dataset; worker processes (0: read in this process); what identifies the stream."""
-        if worker_count < 0:
-            raise ValueError(f"worker_count {worker_count} must be >= 0")
+        """Args: the batched dataset; worker processes (0: read in this process; -1: `auto_worker_count`, never more
+        than there are batches); what identifies the stream."""
         self._batches = batches
-        self._worker_count = worker_count
+        self._worker_count = min(resolve_worker_count(worker_count), len(batches))
         self._fingerprint = dict(fingerprint)
         self._position = 0
         self._iterator = None
@@ -215,7 +249,8 @@ def make_dataset(
       random_flip: flip each image left-right with probability 1/2.
       shard_index, shard_count: this shard and the number of shards; default `jax.process_index()/process_count()`.
       num_epochs: passes over the split (the last partial global batch is dropped); None repeats forever.
-      worker_count: grain worker processes; 0 reads in this process (with threads).
+      worker_count: grain worker processes; 0 reads in this process (with threads); -1 (AUTO_WORKERS) as many as
+        the host can give (`auto_worker_count`).
       image_key, label_key: feature names; label_key None for unlabelled data (labels are then 0).
     Raises:
       FileNotFoundError: the data set is not prepared (the message says how to prepare it).

@@ -8,8 +8,10 @@ does by hand.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -19,22 +21,70 @@ from jax.ad_checkpoint import checkpoint_name
 from diffax.nets.layers import DENSE, Dtype, group_norm, split_xavier_init, xavier_init, zero_init
 
 AttentionImplementation = Literal["xla", "cudnn"] | None
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+@dataclasses.dataclass(frozen=True)
+class CudnnGpu:
+    """What JAX's cuDNN flash attention checks about the machine: the GPU's compute capability (major, minor) and
+    the cuDNN version as cuDNN writes it (major * 10,000 + minor * 100 + patch: 9.19.0 -> 91900)."""
+
+    compute_capability: tuple[int, int]
+    cudnn_version: int
+
+
+def local_cudnn_gpu() -> CudnnGpu | None:
+    """The first local CUDA GPU and the cuDNN that JAX loaded, or None (CPU, TPU, ROCm, or no cuDNN found)."""
+    if jax.default_backend() != "gpu":
+        return None
+    device = jax.local_devices(backend="gpu")[0]
+    if "cuda" not in device.client.platform_version.lower():
+        return None
+    from jax._src.lib import cuda_versions  # JAX's own source of the version its cuDNN checks compare against.
+
+    if cuda_versions is None:
+        return None
+    major, minor = (int(part) for part in device.compute_capability.split("."))
+    return CudnnGpu((major, minor), int(cuda_versions.cudnn_get_version()))
+
+
+def cudnn_refusal(q_shape: Sequence[int], k_shape: Sequence[int], q_dtype: Any, k_dtype: Any,
+                  gpu: CudnnGpu | None) -> str | None:
+    """Why JAX's cuDNN flash attention would refuse q (B, T, heads, head_dim) and k (B, S, heads, head_dim) on `gpu`,
+    forward or backward; None where it takes them. Pure in shapes, dtypes and the machine.
+
+    The rules are those of `jax._src.cudnn.fused_attention_stablehlo` (`check_layout`, `check_is_flash_attention`;
+    jax 0.10-0.11) for bf16/fp16 inputs without bias, mask or padding, as `Attention` calls it:
+      - q, k and v of one dtype, bfloat16 or float16 (float32 is refused; fp8 has rules of its own, unused here);
+      - head_dim a multiple of 8, at most 256 on compute capability >= 9.0 (Hopper and later), else at most 128;
+      - T and S even: the training forward (the one `jax.grad` runs) is checked as if a bias were given, because the
+        bias argument is replaced by a zero-size placeholder before the check, and biased training needs even
+        lengths (a 7x7 token grid: "Unsupported sequence length Q 49, KV 49"). Whether the call will be
+        differentiated is not known where the choice is made, so odd lengths always take the XLA path;
+      - compute capability 10.3 needs cuDNN >= 9.11.
+    """
+    if gpu is None:
+        return "no CUDA GPU with cuDNN"
+    if q_dtype != k_dtype or q_dtype not in CUDNN_DTYPES:
+        return f"dtypes {jnp.dtype(q_dtype).name}, {jnp.dtype(k_dtype).name}: cuDNN takes bfloat16 or float16"
+    head_dim, queries, keys = q_shape[-1], q_shape[1], k_shape[1]
+    max_head_dim = 256 if gpu.compute_capability >= (9, 0) else 128
+    if head_dim % 8 or head_dim > max_head_dim:
+        return f"head_dim {head_dim}: cuDNN takes multiples of 8 up to {max_head_dim} on this GPU"
+    if queries % 2 or keys % 2:
+        return f"sequence lengths Q {queries}, KV {keys}: cuDNN's backward takes even lengths"
+    if gpu.compute_capability == (10, 3) and gpu.cudnn_version < 91100:
+        return f"cuDNN {gpu.cudnn_version} on compute capability 10.3: needs cuDNN >= 9.11"
+    return None
 
 
 def choose_implementation(implementation: AttentionImplementation, q: jax.Array, k: jax.Array) -> str:
-    """`implementation`, or for None: 'cudnn' where JAX's cuDNN flash attention takes q (B, T, heads, head_dim) and
-    k (B, S, heads, head_dim) forward and backward, else 'xla'.
-
-    cuDNN applies on a GPU backend to bf16/fp16 inputs with head_dim <= 128 and a multiple of 8, and T and S even:
-    JAX's cuDNN backward refuses odd lengths ("Unsupported sequence length Q 49, KV 49" for a 7x7 token grid), and
-    whether the call will be differentiated is not known here.
-    """
+    """`implementation`, or for None: 'cudnn' where `cudnn_refusal` finds nothing against q (B, T, heads, head_dim)
+    and k (B, S, heads, head_dim) on the local GPU, else 'xla'. Called while tracing, so decided once per shape."""
     if implementation is not None:
         return implementation
-    head_dim, queries, keys = q.shape[-1], q.shape[1], k.shape[1]
-    cudnn_ok = (q.dtype in (jnp.bfloat16, jnp.float16) and head_dim <= 128 and head_dim % 8 == 0
-                and queries % 2 == 0 and keys % 2 == 0)
-    return "cudnn" if cudnn_ok and jax.default_backend() == "gpu" else "xla"
+    refusal = cudnn_refusal(q.shape, k.shape, q.dtype, k.dtype, local_cudnn_gpu())
+    return "xla" if refusal else "cudnn"
 
 
 class Attention(nn.Module):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from diffax.data import dataset_spec, make_array_dataset, make_dataset, sources
+from diffax.data import dataset_spec, make_array_dataset, make_dataset, pipeline, sources
 
 TINY_SIZE = 48  # Examples in conftest's tiny data sets; checked in test_user_prepared_data_set_loads.
 
@@ -141,6 +141,26 @@ def test_worker_processes_give_the_same_batches_and_resume(data_dir):
     _assert_same_batches(expected[3:], _take(fresh, 3))
 
 
+@pytest.mark.parametrize("cpus,devices,backend,expected", [
+    (2, 1, "cpu", 0),  # the trainer's XLA threads use every core
+    (64, 1, "cpu", 0),
+    (16, 1, "gpu", 14),  # one core per device and one for the training loop
+    (32, 2, "gpu", 16),  # capped
+    (240, 4, "tpu", 16),
+    (8, 8, "gpu", 1),  # at least one
+])
+def test_auto_worker_count(cpus, devices, backend, expected):
+    assert pipeline.auto_worker_count(cpus, devices, backend) == expected
+
+
+def test_auto_workers_resolve_on_this_host_and_never_exceed_the_batches(data_dir):
+    # The tests run JAX on CPUs: auto reads in this process.
+    assert pipeline.resolve_worker_count(pipeline.AUTO_WORKERS) == 0
+    assert pipeline.resolve_worker_count(3) == 3
+    few = _tiny(data_dir, num_epochs=1, worker_count=10)  # 48 examples: 6 batches of 8
+    assert few._worker_count == 6
+
+
 class _PerRecordSource:
     """A TFDS source without `__getitems__`, so the pipeline reads it record by record; logs the single reads."""
 
@@ -214,7 +234,7 @@ def test_array_dataset_keeps_values_and_labels():
         ({"shard_index": 2, "shard_count": 2}, "shard_index 2 .* shard_count 2"),
         ({"num_epochs": 0}, "num_epochs 0"),
         ({"num_epochs": 1, "global_batch_size": 64}, "global_batch_size 64 exceeds the 48 examples"),
-        ({"worker_count": -1}, "worker_count -1"),
+        ({"worker_count": -2}, "worker_count -2"),
     ],
 )
 def test_bad_arguments(data_dir, kwargs, message):

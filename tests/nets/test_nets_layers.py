@@ -51,24 +51,42 @@ def test_split_xavier_init_is_a_block_of_the_fused_xavier_matrix():
     np.testing.assert_allclose(np.std(kernel), fused_bound / np.sqrt(3.0), rtol=0.03)
 
 
+def test_cudnn_refusal_follows_jax_cudnn_checks():
+    hopper, ampere = attention_lib.CudnnGpu((9, 0), 91900), attention_lib.CudnnGpu((8, 0), 91900)
+
+    def refusal(head_dim=64, queries=256, keys=None, dtype=jnp.bfloat16, gpu=hopper, k_dtype=None):
+        q_shape, k_shape = (2, queries, 4, head_dim), (2, queries if keys is None else keys, 4, head_dim)
+        return attention_lib.cudnn_refusal(q_shape, k_shape, dtype, k_dtype or dtype, gpu)
+
+    assert refusal() is None
+    assert refusal(72) is None  # DiT-XL/2: 256 tokens, head_dim 72.
+    assert refusal(dtype=jnp.float16) is None
+    assert refusal(keys=78) is None  # cross-attention on 78 context tokens
+    assert refusal(256) is None  # Hopper takes head_dim up to 256 ...
+    assert "head_dim 256" in refusal(256, gpu=ampere)  # ... older GPUs up to 128.
+    assert refusal(128, gpu=ampere) is None
+    assert "head_dim 20" in refusal(20)
+    assert "head_dim 264" in refusal(264)
+    assert "float32" in refusal(dtype=jnp.float32)
+    assert "float32" in refusal(k_dtype=jnp.float32)
+    assert refusal(gpu=None) == "no CUDA GPU with cuDNN"
+    # The training forward needs even lengths: mnist's 7x7 token grid raised "Unsupported sequence length Q 49, KV 49".
+    assert "Q 49, KV 49" in refusal(queries=49)
+    assert "Q 256, KV 77" in refusal(keys=77)
+    assert "10.3" in refusal(gpu=attention_lib.CudnnGpu((10, 3), 91000))
+    assert refusal(gpu=attention_lib.CudnnGpu((10, 3), 91100)) is None
+
+
 def test_attention_implementation_choice(monkeypatch):
-    def tokens(dtype, head_dim, length=4):
-        return jnp.zeros((1, length, 2, head_dim), dtype)
-
-    def choose(implementation, q, k=None):
-        return attention_lib.choose_implementation(implementation, q, q if k is None else k)
-
-    assert choose("cudnn", tokens(jnp.float32, 256)) == "cudnn"  # Explicit wins.
-    assert choose(None, tokens(jnp.bfloat16, 64)) == "xla"  # This machine has no GPU.
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert choose(None, tokens(jnp.bfloat16, 72, 256)) == "cudnn"  # DiT-XL/2 heads and tokens.
-    assert choose(None, tokens(jnp.float16, 128)) == "cudnn"
-    assert choose(None, tokens(jnp.bfloat16, 64, 256), tokens(jnp.bfloat16, 64, 78)) == "cudnn"  # cross-attention
-    for dtype, head_dim in ((jnp.float32, 64), (jnp.bfloat16, 256), (jnp.bfloat16, 20)):
-        assert choose(None, tokens(dtype, head_dim)) == "xla"
-    # JAX's cuDNN backward refuses odd sequence lengths (a 7x7 token grid: "Unsupported sequence length Q 49, KV 49").
-    assert choose(None, tokens(jnp.bfloat16, 64, 49)) == "xla"
-    assert choose(None, tokens(jnp.bfloat16, 64, 256), tokens(jnp.bfloat16, 64, 77)) == "xla"
+    q = jnp.zeros((1, 4, 2, 64), jnp.bfloat16)
+    odd = jnp.zeros((1, 49, 2, 64), jnp.bfloat16)
+    choose = attention_lib.choose_implementation
+    assert choose("cudnn", odd, odd) == "cudnn"  # Explicit wins.
+    assert attention_lib.local_cudnn_gpu() is None  # This machine has no GPU ...
+    assert choose(None, q, q) == "xla"
+    monkeypatch.setattr(attention_lib, "local_cudnn_gpu", lambda: attention_lib.CudnnGpu((9, 0), 91900))
+    assert choose(None, q, q) == "cudnn"  # ... with one, the rule decides.
+    assert choose(None, odd, odd) == "xla"
 
 
 def test_self_attention_is_permutation_equivariant():

@@ -37,6 +37,7 @@ def test_recipes_and_variants_validate_and_open_with_their_command(recipe):
     ("train.log_every", 3, r"config.train.log_every = 3: expected a multiple of train.steps_per_dispatch = 2"),
     ("optim.b2", 2.0, r"config.optim.b2 = 2.0"),
     ("mesh.fsdp", 0, r"config.mesh.fsdp = 0"),
+    ("data.worker_count", -2, r"config.data.worker_count = -2: expected -1 \(as many as the host can give\)"),
 ])
 def test_invalid_values_name_the_key(key, value, message):
     from diffax.config_checks import validate_config
