@@ -3,10 +3,10 @@
 scored with the offline FCD (a diffax-trained mnist classifier) and bits/dim.
 
     python launch.py --config configs/classifier_mnist.py --workdir /tmp/cls_mnist
-    python experiments/run.py experiments/objectives.py --workdir /tmp/sweep_objectives --parallel 4 \
+    python experiments/run.py experiments/objectives.py --workdir /tmp/sweep_objectives --parallel 16 \
         --config.eval.features=classifier:/tmp/cls_mnist
 
-Every point trains configs/mnist.py for 3,000 steps at batch 128 (a GPU budget) and samples with DPM-Solver++ 2M,
+Every point trains configs/mnist.py for 1,500 steps at batch 128 (a GPU budget) and samples with DPM-Solver++ 2M,
 25 steps, guidance 2.
 """
 
@@ -21,9 +21,9 @@ def get_sweep():
         config="configs/mnist.py", action="train",
         points=product({"diffusion.prediction": PREDICTIONS, "diffusion.weighting": PREDICTIONS},
                        {"diffusion.schedule": SCHEDULES}),
-        overrides={"train.num_steps": 3000, "train.checkpoint_every": 3000, "train.sample_every": 0,
-                   "optim.warmup_steps": 200, "sample.num_steps": 25, "eval.num_samples": 5000,
-                   "sample.batch_size": 1000},
+        overrides={"train.num_steps": 1500, "train.checkpoint_every": 1500, "train.sample_every": 0,
+                   "optim.warmup_steps": 200, "sample.num_steps": 25, "eval.num_samples": 2000,
+                   "eval.bpd_examples": 16, "sample.batch_size": 1000},
         plots=[Plot(x="diffusion.schedule", y="fcd", group="diffusion.prediction"),
                Plot(x="diffusion.schedule", y="bits_per_dim/ema_0.999", group="diffusion.prediction")],
         description="mnist: prediction target x schedule, FCD and bits/dim")

@@ -1,6 +1,6 @@
 """Sample quality against training time for a full-size UNet (DDPM's CIFAR-10 widths: 128 channels, (1, 2, 2),
 2 residual blocks, attention at 14x14; 35.7M parameters at 32x32) on the bundled mnist, on one GPU: one training
-run checkpointed every 500 steps, each checkpoint scored with the offline FCD.
+run checkpointed every 1,000 steps, each checkpoint scored with the offline FCD.
 
     python launch.py --config configs/classifier_mnist.py --workdir /tmp/cls_mnist
     python experiments/run.py experiments/quality_vs_time.py --workdir /tmp/sweep_time \
@@ -11,8 +11,8 @@ x: seconds of training up to the checkpoint (metrics.jsonl wall times, compilati
 
 from experiments.sweep import Plot, Sweep
 
-STEPS = 4000
-EVERY = 500
+STEPS = 3000
+EVERY = 1000
 
 
 def get_sweep():
@@ -24,6 +24,6 @@ def get_sweep():
                         "train.keep_checkpoints": STEPS // EVERY, "train.sample_every": 0, "train.log_every": 100},
         points=[{"sample.step": step} for step in range(EVERY, STEPS + 1, EVERY)],
         overrides={"eval.loss": False, "eval.bits_per_dim": False, "sample.num_steps": 25,
-                   "eval.num_samples": 5000, "sample.batch_size": 1000},
+                   "eval.num_samples": 2000, "sample.batch_size": 1000},
         plots=[Plot(x="train_seconds", y="fcd"), Plot(x="step", y="fcd")],
         description="mnist, full-size UNet on one GPU: FCD against training time")

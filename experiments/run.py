@@ -25,9 +25,12 @@ import argparse
 import concurrent.futures
 import csv
 import dataclasses
+import datetime
 import json
 import math
 import os
+import platform
+import queue
 import subprocess
 import sys
 import time
@@ -39,8 +42,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
 
+from diffax.config_checks import validate_config  # noqa: E402
+from diffax.modes import evaluate  # noqa: E402
+from diffax.run import load_run  # noqa: E402
+from diffax.run_config import apply_overrides, read_run_file  # noqa: E402
 from experiments.sweep import Sweep, config_overrides, load_sweep, override_text, point_name  # noqa: E402
 
 LAUNCH = os.path.join(REPO, "launch.py")
@@ -50,12 +59,14 @@ def _flags(overrides: Mapping[str, Any]) -> list[str]:
     return [f"--config.{key}={override_text(value)}" for key, value in overrides.items()]
 
 
-def _run_logged(command: list[str], log_path: str) -> None:
-    """Runs a command with its output appended to log_path; raises with the log's tail if it fails."""
+def _run_logged(command: list[str], log_path: str, cores: set[int] | None = None) -> None:
+    """Runs a command with its output appended to log_path, on `cores` (default: this process's); raises with the
+    log's tail if it fails."""
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                               preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores))
     if code != 0:
         with open(log_path) as log:
             tail = log.read().strip().splitlines()[-3:]
@@ -71,6 +82,15 @@ def _newest_json(directory: str, pattern_prefix: str = "") -> dict | None:
     newest = max(names, key=lambda name: os.path.getmtime(os.path.join(directory, name)))
     with open(os.path.join(directory, newest)) as file:
         return json.load(file)
+
+
+def _core_shares(count: int) -> list[set[int] | None]:
+    """This process's cores split into `count` disjoint shares (None: no split where affinity is not settable or
+    there are fewer cores than shares)."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
+    if count <= 1 or len(cores) < count:
+        return [None] * max(count, 1)
+    return [set(share.tolist()) for share in np.array_split(np.array(cores), count)]
 
 
 def _train_seconds(workdir: str, step: int) -> float | None:
@@ -102,17 +122,14 @@ class Runner:
         self.names = [point_name(point) for point in sweep.points]
         os.makedirs(os.path.join(self.workdir, "logs"), exist_ok=True)
         self._loaded = {}  # sample.step -> the base run loaded at that checkpoint
+        self._cores: queue.Queue = queue.Queue()  # Core shares of the training processes (`run`): one, unsplit.
+        self._cores.put(None)
 
     def write_record(self, argv: list[str]) -> None:
         """DIR/sweep.json: the command, the commit, the machine and the date of this invocation (appended)."""
-        import datetime
-        import platform
-
         def git(*args: str) -> str:
             result = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
             return result.stdout.strip()
-
-        import jax
 
         record = {"command": " ".join(argv), "commit": git("rev-parse", "HEAD"),
                   "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
@@ -147,12 +164,14 @@ class Runner:
     def _train_point(self, index: int) -> dict:
         overrides = config_overrides({**self.sweep.overrides, **self.sweep.points[index]})
         run_dir = self.point_dir(index)
-        start = time.time()
-        _run_logged([sys.executable, LAUNCH, f"--config={self.sweep.config}", f"--workdir={run_dir}",
-                     *_flags(overrides)], self._log(self.names[index]))
-        train_seconds = time.time() - start
-        from diffax.run import load_run
-
+        cores = self._cores.get()
+        try:
+            start = time.time()
+            _run_logged([sys.executable, LAUNCH, f"--config={self.sweep.config}", f"--workdir={run_dir}",
+                         *_flags(overrides)], self._log(self.names[index]), cores)
+            train_seconds = time.time() - start
+        finally:
+            self._cores.put(cores)
         trained = load_run(run_dir)
         try:
             return {"train_seconds": train_seconds, **self._evaluate(trained, trained.config)}
@@ -174,17 +193,11 @@ class Runner:
             open(done, "w").close()
 
     def _evaluate(self, trained, config) -> dict:
-        from diffax.modes import evaluate
-
         heldout, record = evaluate.evaluate(trained.with_config(config), config)
         return metrics_of(heldout, record)
 
     def _eval_point(self, index: int) -> dict:
         """Evaluates the base run under the point's settings; runs are loaded once per checkpoint (sample.step)."""
-        from diffax.config_checks import validate_config
-        from diffax.run import load_run
-        from diffax.run_config import apply_overrides, read_run_file
-
         overrides = config_overrides({**self.sweep.overrides, **self.sweep.points[index]})
         config = apply_overrides(read_run_file(self.base_run)[0],
                                  {key: override_text(value) for key, value in overrides.items()})
@@ -213,7 +226,12 @@ class Runner:
         return result
 
     def run(self, parallel: int = 1, retry_failed: bool = False) -> None:
-        """Every pending point, with a progress bar; train points `parallel` at a time."""
+        """Every pending point, with a progress bar; train points `parallel` at a time, each training process on
+        its own 1/parallel of this process's cores (so each sizes its input workers and XLA threads for its share,
+        rather than `parallel` processes each taking the whole host)."""
+        self._cores = queue.Queue()
+        for share in _core_shares(parallel):
+            self._cores.put(share)
         todo = self.pending(retry_failed)
         if self.sweep.action == "eval" and todo:
             self.train_base()
