@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffax.sampling import driver
+from diffax.sampling import driver, posterior
 from diffax.sampling.common import StepContext, X0Fn, as_typed_keys, fold_in, gaussian_like, split_key
 from diffax.schedules import Schedule, broadcast_to_data, time_grid
 
@@ -107,18 +107,38 @@ def repaint_positions(num_steps: int, jump_length: int = 10, jump_n_sample: int 
     return np.asarray(path, np.int32)
 
 
+INPAINT_ALGORITHMS = ("posterior", "repaint")
+
+
 def inpaint(x0_fn: X0Fn, schedule: Schedule, x: Array, mask: Array, noise: Array, key: Array, *,
-            num_steps: int = 50, grid: str = "uniform", method: str = "ddpm", jump_length: int = 10,
-            jump_n_sample: int = 1, **options) -> Array:
-    """RePaint inpainting (module docstring). x (B, *data) the image, mask (B, *data) or broadcastable, 1 where
-    to repaint; noise (B, *data) the start; key one PRNG key or per-example keys (B,)."""
+            algorithm: str = "posterior", num_steps: int = 50, grid: str = "uniform", method: str = "ddpm",
+            cg_steps: int = 2, jump_length: int = 10, jump_n_sample: int = 1, **options) -> Array:
+    """Inpainting (module docstring): repaints x (B, *data) where mask (B, *data) or broadcastable is 1 and keeps
+    it exactly where mask is 0. noise (B, *data) the start; key one PRNG key or per-example keys (B,);
+    method, grid, num_steps and options: the solver's. algorithm "posterior": any solver sampling with the
+    posterior denoiser (cg_steps conjugate-gradient iterations per call); "repaint": RePaint's replacement with
+    jump_length and jump_n_sample (a solver without memory)."""
+    mask = jnp.broadcast_to(jnp.asarray(mask, x.dtype), x.shape)
+    if algorithm == "posterior":
+        conditioned = posterior.posterior_denoiser(x0_fn, x, mask, cg_steps)
+        times = time_grid(schedule, num_steps, grid)
+        x_end = driver.sample(conditioned, schedule, noise, times, method, key, **options)
+        return mask * x_end + (1.0 - mask) * x
+    if algorithm != "repaint":
+        raise ValueError(f"unknown inpainting algorithm {algorithm!r}; expected one of {INPAINT_ALGORITHMS}")
+    return _repaint(x0_fn, schedule, x, mask, noise, key, num_steps=num_steps, grid=grid, method=method,
+                    jump_length=jump_length, jump_n_sample=jump_n_sample, **options)
+
+
+def _repaint(x0_fn: X0Fn, schedule: Schedule, x: Array, mask: Array, noise: Array, key: Array, *,
+             num_steps: int, grid: str, method: str, jump_length: int, jump_n_sample: int, **options) -> Array:
+    """RePaint (module docstring) with mask (B, *data)."""
     solver = driver.get_solver(method)
     if jax.tree.leaves(jax.eval_shape(lambda: solver.init(x, **options))):
         raise ValueError(f"inpainting jumps back up the grid, so it needs a solver without memory; {method!r} "
                          f"keeps state between steps (use ddpm, ddim, euler or heun)")
     times = time_grid(schedule, num_steps, grid)
     path = repaint_positions(num_steps, jump_length, jump_n_sample)
-    mask = jnp.broadcast_to(jnp.asarray(mask, x.dtype), x.shape)
     key = as_typed_keys(key, x.shape[0])
     step = jax.tree_util.Partial(solver.step, **options) if options else solver.step
 
