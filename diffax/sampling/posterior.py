@@ -23,9 +23,12 @@ of a batch are independent systems (J is block diagonal over the batch), so ever
 per example, while jax's cg takes one global inner product over the whole array and so couples the examples;
 (2) a fixed count gives a fixed cost and a tolerance-free result. In exact arithmetic CG solves a d_k-dimensional
 positive definite system in d_k iterations. A learned denoiser's J is only approximately symmetric and positive
-semi-definite; a direction of non-positive curvature p^T J p <= 0 ends an example's iterations there (truncated CG,
-Steihaug 1983), and a few iterations act as a regularizer (early-stopped CG is a Krylov-subspace regularization of
-the ill-conditioned J[k, k]: a few steps already move the repainted region towards what the kept region implies).
+semi-definite (on the digits recipe w^T J u / u^T J w ranged 0.6-5.8 across t instead of 1; benchmarks/RESULTS.md,
+"Inpainting"), and then J[k, k] is an ill-conditioned, not quite positive, operator: a direction of non-positive
+curvature p^T J p <= 0 ends an example's iterations (truncated CG, Steihaug 1983), and stopping after a few
+iterations regularizes (early-stopped CG is a Krylov-subspace regularization, Hanke 1995). There one iteration
+(w along the residual, scaled by its Rayleigh quotient) improved the denoiser's repainted region at t <= 0.9 and
+more diverged, so learned denoisers use cg_steps 1; exactness on Gaussian data needs cg_steps >= d_k.
 Where alpha = 0 (t = 1 of rectified flow) J = 0: nothing is solved and the result is m with the known values.
 """
 
