@@ -114,7 +114,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     edit.intermediates = 0     # denoise with num_steps > 0: states of the run shown between noisy and result.
     edit.strength = 0.6        # img2img: the share of the sampler's steps that run.
     edit.mask = ""             # inpaint: a PNG, white = repaint; "": the right half of every image.
-    edit.jump_length = 10      # inpaint: RePaint's resampling (jump_n_sample 1: plain replacement).
+    # inpaint: "posterior" samples with the run's sampler (sample.*) and the Gaussian posterior denoiser, exact on
+    # Gaussian data (benchmarks/RESULTS.md, "Inpainting"); "repaint": RePaint, DDPM steps with resampling.
+    edit.inpaint_algorithm = "posterior"
+    edit.cg_steps = 1          # posterior: conjugate-gradient iterations per denoiser call (each one Jacobian product).
+    edit.jump_length = 10      # repaint: RePaint's resampling (jump_n_sample 1: plain replacement).
     edit.jump_n_sample = 10
 
     config.eval = evaluation = ml_collections.ConfigDict()  # --mode eval (diffax/modes/evaluate.py).

@@ -17,6 +17,7 @@ import ml_collections
 from diffax import nets, objectives, sampling, schedules
 from diffax.experiment import DTYPES, TASKS, parse_shape
 from diffax.sampling import SOLVERS
+from diffax.sampling.editing import INPAINT_ALGORITHMS
 from diffax.train.optimizer import DECAYS
 
 CHOICES = {
@@ -25,13 +26,13 @@ CHOICES = {
     "diffusion.prediction": objectives.PREDICTIONS, "diffusion.noise_conditioning": objectives.NOISE_CONDITIONINGS,
     "diffusion.weighting": objectives.WEIGHTINGS, "diffusion.time_sampling": objectives.TIME_SAMPLERS,
     "optim.decay": DECAYS, "sample.method": SOLVERS, "sample.grid": schedules.TIME_GRIDS,
-    "edit.task": ("denoise", "img2img", "inpaint"),
+    "edit.task": ("denoise", "img2img", "inpaint"), "edit.inpaint_algorithm": INPAINT_ALGORITHMS,
 }
 POSITIVE = ("diffusion.sigma_data", "optim.learning_rate", "train.batch_size", "train.num_steps",
             "train.grad_accum_steps", "train.steps_per_dispatch", "train.log_every", "train.checkpoint_every",
             "train.keep_checkpoints", "sample.num_steps", "sample.num_samples", "sample.batch_size",
             "eval.batch_size", "eval.num_batches", "eval.bpd_examples", "bench.steps", "bench.sample_steps",
-            "edit.num_images", "edit.jump_length", "edit.jump_n_sample")
+            "edit.num_images", "edit.cg_steps", "edit.jump_length", "edit.jump_n_sample")
 NON_NEGATIVE = ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip_norm", "optim.eps",
                 "train.sample_every", "sample.guidance_scale", "sample.seed", "edit.num_steps",
                 "edit.intermediates")

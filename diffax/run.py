@@ -164,18 +164,27 @@ class Run(TrainedRun):
         return self._edit(edit, images, settings, labels=labels, seed=seed, ema=ema, batch_size=batch_size,
                           raw=raw)
 
-    def inpaint(self, images: Any, masks: Any, *, steps: int | None = None, method: str = "ddpm",
-                jump_length: int = 10, jump_n_sample: int = 10, labels: Sequence[int] | None = None,
-                guidance: float | None = None, seed: int = 0, ema: bool | int = True, batch_size: int | None = None,
-                raw: bool = False) -> np.ndarray:
-        """Repaints where the mask is white (1) and keeps the rest exactly (RePaint with jump_length and
-        jump_n_sample; jump_n_sample 1 is plain replacement; `diffax.sampling.editing.inpaint`)."""
-        settings = self.sampler_settings(method=method, num_steps=steps, guidance_scale=guidance, options={})
+    def inpaint(self, images: Any, masks: Any, *, algorithm: str = "posterior", steps: int | None = None,
+                method: str | None = None, grid: str | None = None, cg_steps: int = 1, jump_length: int = 10,
+                jump_n_sample: int = 10, labels: Sequence[int] | None = None, guidance: float | None = None,
+                seed: int = 0, options: dict[str, Any] | None = None, ema: bool | int = True,
+                batch_size: int | None = None, raw: bool = False) -> np.ndarray:
+        """Repaints where the mask is white (1) and keeps the rest exactly (`diffax.sampling.editing.inpaint`).
+
+        algorithm "posterior": the run's sampler (method, steps, grid, options default to config.sample) with the
+        posterior denoiser, cg_steps conjugate-gradient iterations per call; "repaint": RePaint with jump_length
+        and jump_n_sample (1: plain replacement) on a solver without memory, method default "ddpm" without
+        options."""
+        if algorithm == "repaint":  # Not the run's sampler: its options may not fit the memoryless solver.
+            method, options = method or "ddpm", options or {}
+        settings = self.sampler_settings(method=method, num_steps=steps, grid=grid, guidance_scale=guidance,
+                                         options=options)
 
         def edit(x0_fn, inputs, noise, keys):
             return editing.inpaint(x0_fn, self.experiment.schedule, inputs["image"], inputs["mask"], noise, keys,
-                                   num_steps=settings.num_steps, grid=settings.grid, method=method,
-                                   jump_length=jump_length, jump_n_sample=jump_n_sample)
+                                   algorithm=algorithm, num_steps=settings.num_steps, grid=settings.grid,
+                                   method=settings.method, cg_steps=cg_steps, jump_length=jump_length,
+                                   jump_n_sample=jump_n_sample, **dict(settings.options))
 
         return self._edit(edit, images, settings, labels=labels, seed=seed, ema=ema, batch_size=batch_size,
                           raw=raw, masks=masks)

@@ -91,8 +91,9 @@ def test_editing_a_loaded_run_keeps_what_it_should(workdir):
     assert run.img2img(images, 0.6, steps=5, labels=[2]).shape == images.shape
     mask = np.zeros((8, 8), np.uint8)
     mask[:, 4:] = 255  # White: repaint the right half.
-    painted = run.inpaint(images, mask, steps=4, jump_length=2, jump_n_sample=2, labels=[2])
-    np.testing.assert_array_equal(painted[:, :, :4], images[:, :, :4])
+    for settings in (dict(algorithm="repaint", jump_length=2, jump_n_sample=2), dict(method="dpmpp_2m")):
+        painted = run.inpaint(images, mask, steps=4, labels=[2], **settings)
+        np.testing.assert_array_equal(painted[:, :, :4], images[:, :, :4])
     denoised = run.denoise(images[0], 0.1, labels=[2])  # One image, posterior mean.
     assert denoised.shape == (1, 8, 8, 1) and denoised.dtype == np.uint8
     with pytest.raises(ValueError, match=r"images of shape \(4, 8, 9, 1\): expected \(N, 8, 8, 1\)"):

@@ -12,10 +12,11 @@ import PIL.Image
 import PIL.ImageFilter
 
 
-def psnr(images: np.ndarray, references: np.ndarray) -> np.ndarray:
-    """(N,) PSNR in dB of uint8 images against references of the same shape (inf where identical)."""
+def psnr(images: np.ndarray, references: np.ndarray, where: np.ndarray | bool = True) -> np.ndarray:
+    """(N,) PSNR in dB of uint8 images against references of the same shape (inf where identical), over the
+    pixels where `where` (bool, their shape) is True (e.g. the repainted region of an inpainting; default all)."""
     error = np.mean((np.asarray(images, np.float64) - np.asarray(references, np.float64)) ** 2,
-                    axis=tuple(range(1, np.ndim(images))))
+                    axis=tuple(range(1, np.ndim(images))), where=where)
     with np.errstate(divide="ignore"):
         return 10.0 * np.log10(255.0**2 / error)
 

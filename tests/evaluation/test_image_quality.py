@@ -12,6 +12,10 @@ def test_psnr_matches_its_definition():
     mse = ((noisy.astype(float) - clean) ** 2).reshape(3, -1).mean(1)
     np.testing.assert_allclose(image_quality.psnr(noisy, clean), 10 * np.log10(255**2 / mse))
     assert np.isinf(image_quality.psnr(clean, clean)).all()
+    right = np.zeros(clean.shape, bool)
+    right[:, :, 4:] = True  # Over a region: the PSNR of that region alone.
+    np.testing.assert_allclose(image_quality.psnr(noisy, clean, where=right),
+                               image_quality.psnr(noisy[:, :, 4:], clean[:, :, 4:]))
 
 
 def test_best_blur_beats_the_noisy_input_on_smooth_images():

@@ -81,6 +81,7 @@ def test_edit_mode_writes_strips_and_scores_denoising(trained):
     assert widths["denoise"] > widths["inpaint"]  # Original, noisy, 2 states, result against original, given, result.
     saved = np.load(path.replace(".png", ".npz"))
     np.testing.assert_array_equal(saved["result"][:, 0, :, :4], saved["original"][:, :, :4])  # The kept left half.
+    assert "posterior-cg1" in path and json.load(open(path.replace(".png", ".json")))["repainted_psnr"] > 0
     report = json.load(open(str(workdir / "edits" / "0000004_denoise_std0.2_steps2_seed0_n3.json")))
     assert {"noisy_psnr", "denoised_psnr", "best_blur_psnr", "best_blur_radius"} <= set(report["psnr_by_noise_std"]["0.2"])
 
