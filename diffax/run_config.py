@@ -130,9 +130,10 @@ def _is_run_key(key: str) -> bool:
 def differing_run_keys(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
                        keys: Sequence[str] | None = None) -> list[str]:
     """The RUN_KEYS (or, when `keys` is given, those of them among `keys`) whose values differ between the
-    configs."""
+    configs. A key one config lacks (a run saved before the key existed, which trained with its default) differs
+    only when named in `keys`."""
     first, second = _flatten(to_config(saved.to_dict()).to_dict()), _flatten(to_config(config.to_dict()).to_dict())
-    candidates = set(first) | set(second) if keys is None else set(keys)
+    candidates = set(first) & set(second) if keys is None else set(keys)
     return sorted(key for key in candidates if _is_run_key(key) and first.get(key) != second.get(key))
 
 

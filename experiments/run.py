@@ -49,7 +49,8 @@ import tqdm  # noqa: E402
 from diffax.config_checks import validate_config  # noqa: E402
 from diffax.modes import evaluate  # noqa: E402
 from diffax.run import load_run  # noqa: E402
-from diffax.run_config import apply_overrides, read_run_file  # noqa: E402
+from configs import base as config_defaults  # noqa: E402
+from diffax.run_config import resolve_config  # noqa: E402
 from experiments.sweep import Sweep, config_overrides, load_sweep, override_text, point_name  # noqa: E402
 
 LAUNCH = os.path.join(REPO, "launch.py")
@@ -199,8 +200,9 @@ class Runner:
     def _eval_point(self, index: int) -> dict:
         """Evaluates the base run under the point's settings; runs are loaded once per checkpoint (sample.step)."""
         overrides = config_overrides({**self.sweep.overrides, **self.sweep.points[index]})
-        config = apply_overrides(read_run_file(self.base_run)[0],
-                                 {key: override_text(value) for key, value in overrides.items()})
+        config = resolve_config(False, None, self.base_run,
+                                {key: override_text(value) for key, value in overrides.items()},
+                                defaults=config_defaults.get_base_config())
         validate_config(config)
         step = config.sample.step
         if step not in self._loaded:

@@ -16,8 +16,8 @@ POINTS = [{"diffusion.weighting": "eps"},
 def get_sweep():
     return Sweep(
         config="configs/mnist.py", action="train", points=POINTS,
-        overrides={"diffusion.prediction": "eps", "diffusion.schedule": "vp_cosine", "train.num_steps": 1500,
-                   "train.checkpoint_every": 1500, "train.sample_every": 0, "optim.warmup_steps": 200,
+        overrides={"diffusion.prediction": "eps", "diffusion.schedule": "vp_cosine", "train.num_steps": 3000,
+                   "train.checkpoint_every": 3000, "train.sample_every": 0, "optim.warmup_steps": 200,
                    "sample.num_steps": 25, "eval.num_samples": 2000, "eval.bpd_examples": 16,
                    "sample.batch_size": 1000},
         plots=[Plot(x="diffusion.weighting", y="fcd")],
