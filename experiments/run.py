@@ -292,12 +292,13 @@ class Runner:
         for plot in self.sweep.plots:
             figure, axes = pyplot.subplots(figsize=(6, 4))
             groups = dict.fromkeys(row.get(plot.group) for row in rows) if plot.group else {None: None}
-            for group in groups:
+            for number, group in enumerate(groups):
                 points = sorted((row[plot.x], row[plot.y]) for row in rows
                                 if row.get(plot.y) is not None and row.get(plot.x) is not None
                                 and (plot.group is None or row.get(plot.group) == group))
-                if points:
-                    axes.plot(*zip(*points), marker="o", label=None if group is None else str(group))
+                if points:  # 20 colours and 10 markers: lines stay apart in sweeps of many groups.
+                    axes.plot(*zip(*points), marker="os^vD<>ph*"[number % 10], color=pyplot.cm.tab20(number % 20),
+                              label=None if group is None else str(group))
             axes.set(xlabel=plot.x, ylabel=plot.y, xscale="log" if plot.log_x else "linear",
                      yscale="log" if plot.log_y else "linear")
             if plot.group:
