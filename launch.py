@@ -67,12 +67,13 @@ def main(argv):
                 file_config.keys()  # ml_collections defers a failed load of --config to the first use.
         except OSError as error:
             raise FileNotFoundError(f"--config: {_one_line(error)}") from error
-        # Before any device work: bad values fail here, in one line naming the key.
         config = resolve_config(_MODE.value == "train", file_config, _WORKDIR.value, _OVERRIDES,
                                 defaults=config_defaults.get_base_config())
+        # Multi-process JAX starts before any JAX call (the checks trace the sampler); bad values then fail before
+        # any compilation or data, in one line naming the key.
+        parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         validate_config(config)
         check_mode(_MODE.value, config, _WORKDIR.value)
-        parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         MODES[_MODE.value](config, _WORKDIR.value)
     except (ValueError, OSError, CheckpointError, NonFiniteLossError, parallel.ClusterError) as error:
         if _DEBUG.value:
