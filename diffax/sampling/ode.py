@@ -66,15 +66,15 @@ def heun_step(ctx: StepContext, x, state, t, t_next, *, churn: float = 0.0, chur
     floor keeps sigma~(1) finite), "sigma" elsewhere. EDM's schedule gives the same steps either way.
 
     Why: the corrected step in sigma~ from S to s is the Euler (DDIM) step plus (S / s - 1) / 2 times the change
-    x0_hat(s) - x0_hat(S) of the denoiser over the step (in units of x / alpha; x0_hat(s) at the Euler point).
-    The first step of a grid uniform in t starts at sigma~(1), the floor's value on VPCosine (1,808 at log-SNR -15),
-    and lands near sigma~ ~ 1 where the denoiser has changed most: with the exact denoiser of a 16-D Gaussian, 3 steps miss the ODE's solution by 142
-    RMS (Euler: 0.14), 25 steps by 0.46, and the error grows with the floor (x12 per 5 of log-SNR), which "t" does
-    not see. k-diffusion's sample_heun (and diffusers' HeunDiscreteScheduler) make the same update from the same
-    sigmas and fail the same way (diffusers' cosine betas start at sigma~ = 20,291); EDM's grids start at 80.
-    Even where sigma~(1) is finite, a single step over a large ratio of sigma~ (a Karras grid of 2 or 3 steps from
-    80 to 0.002) makes "sigma" worse than Euler. Neither wins everywhere: on DDPM's discrete schedule with the
-    trailing grid "sigma" is more accurate at 5 and 9 calls, "t" at 19 and 49 (benchmarks/RESULTS.md)."""
+    x0_hat(s) - x0_hat(S) of the denoiser over the step (in units of x / alpha; x0_hat(s) at the Euler point). The
+    first step of a grid uniform in t starts at sigma~(1), the floor's value on VPCosine (1,808 at log-SNR -15), and
+    lands near sigma~ ~ 1 where the denoiser has changed most: with the exact denoiser of a 16-D Gaussian, 3 steps
+    miss the ODE's solution by 142 RMS (Euler: 0.14), 25 steps by 0.46, and the error grows with the floor (x12 per 5
+    of log-SNR), which "t" does not see. k-diffusion's sample_heun (and diffusers' HeunDiscreteScheduler) make the
+    same update from the same sigmas and fail the same way (diffusers' cosine betas start at sigma~ = 20,291); EDM's
+    grids start at 80. Even where sigma~(1) is finite, a single step over a large ratio of sigma~ (a Karras grid of 2
+    or 3 steps from 80 to 0.002) makes "sigma" worse than Euler. Neither wins everywhere: on DDPM's discrete schedule
+    with the trailing grid "sigma" is more accurate at 5 and 9 calls, "t" at 19 and 49 (benchmarks/RESULTS.md)."""
     x, t = _churn(ctx, x, t, churn, churn_min, churn_max, churn_noise)
     scale, time = _ode_frame(ctx.schedule, t, ode_time)
     scale_next, time_next = _ode_frame(ctx.schedule, t_next, ode_time)
