@@ -54,6 +54,14 @@ class Schedule(abc.ABC):
     def sigma(self, t: Array) -> Array:
         return self.alpha_sigma(t)[1]
 
+    @property
+    def reaches_pure_noise(self) -> bool:
+        """Whether alpha(1) = 0 in exact arithmetic, so that sigma~ = sigma / alpha is unbounded at t = 1: infinite
+        here (rectified flow, zero terminal SNR), or the value of the log-SNR floor that keeps it finite in float
+        (VPCosine, VPSigmoid), which is then an artifact of the floor rather than a noise level of the schedule."""
+        with jax.ensure_compile_time_eval():
+            return float(self.alpha(1.0)) == 0.0
+
     def derivatives(self, t: Array) -> tuple[Array, Array, Array, Array]:
         """Returns (alpha, sigma, d alpha/dt, d sigma/dt) at t, each of t's shape."""
         t = jnp.asarray(t, jnp.float32)
@@ -192,6 +200,8 @@ class VPCosine(_VariancePreserving):
     s: float = 0.008
     log_snr_min: float = -15.0
 
+    reaches_pure_noise = True  # alpha_bar(1) = 0 before the floor
+
     def _u(self, t):
         return 0.5 * math.pi * (t + self.s) / (1.0 + self.s)
 
@@ -216,13 +226,15 @@ class VPSigmoid(_VariancePreserving):
     tau: float = 1.0
     log_snr_min: float = -20.7
 
+    reaches_pure_noise = True  # alpha_bar(1) = 0 before the floor
+
     def _v(self, x):
         return jax.nn.sigmoid(x / self.tau)
 
     def q(self, t):
         v_start, v_end = self._v(self.start), self._v(self.end)
         alpha_bar = (v_end - self._v(t * (self.end - self.start) + self.start)) / (v_end - v_start)
-        q = -jnp.log(jnp.maximum(alpha_bar, 0.0))
+        q = -jnp.log(jnp.maximum(alpha_bar, 1e-30))  # not 0: log's infinite slope there would make d/dt NaN
         return jnp.minimum(q, math.log1p(math.exp(-self.log_snr_min)))
 
     def t_from_q(self, q):
@@ -303,6 +315,10 @@ class Shifted(Schedule):
     @property
     def variance_preserving(self) -> bool:
         return self.base.variance_preserving
+
+    @property
+    def reaches_pure_noise(self) -> bool:
+        return self.base.reaches_pure_noise  # a finite shift of log-SNR = -inf leaves it -inf
 
     def _tau(self, t):
         return self.base.t_from_log_snr(self.base.log_snr(t) + self.shift)

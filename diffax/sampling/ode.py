@@ -6,9 +6,9 @@ derivative of the forward process with x0 and eps replaced by their posterior me
 the flow-matching velocity; for VP schedules it is Song et al.'s probability-flow ODE.
 
 Heun integrates by default in EDM's recommended coordinates instead (time sigma~ = sigma / alpha, state x / alpha,
-velocity eps_hat; Karras et al. 2022, section 3), as k-diffusion and diffusers do, wherever alpha > 0 (`heun_step`).
-Euler in those coordinates is DDIM ("ddim"); "euler" stays in t, which measured more accurate than DDIM on DDPM's
-discrete schedule (benchmarks/RESULTS.md).
+velocity eps_hat; Karras et al. 2022, section 3), as k-diffusion and diffusers do, wherever sigma~(1) is a finite
+noise level of the schedule (`heun_step`). Euler in those coordinates is DDIM ("ddim"); "euler" stays in t, which
+measured more accurate than DDIM on DDPM's discrete schedule (benchmarks/RESULTS.md).
 
 Churn raises the noise level sigma~ = sigma / alpha by a factor (1 + gamma) before each step, adding fresh noise
 so that x stays a sample of the marginal at the raised level, then solves the ODE down from there.
@@ -61,10 +61,20 @@ def heun_step(ctx: StepContext, x, state, t, t_next, *, churn: float = 0.0, chur
 
     ode_time "sigma": time sigma~ = sigma / alpha and state x / alpha, where d(x / alpha)/d sigma~ = eps_hat (EDM's
     recommended sigma(t) = t, s(t) = 1; k-diffusion's and diffusers' Heun): no derivative of the schedule enters.
-    "t": the schedule's own time. "auto": "sigma" where alpha(1) > 0, "t" for schedules that reach alpha = 0
-    (rectified flow, zero terminal SNR), where sigma~ is unbounded. EDM's schedule gives the same steps either way.
-    Neither wins everywhere: on DDPM's discrete schedule with the trailing grid "sigma" is more accurate at 5 and 9
-    calls, "t" at 19 and 49 (benchmarks/RESULTS.md)."""
+    "t": the schedule's own time. "auto": "t" for schedules that reach pure noise, alpha(1) = 0 in exact arithmetic
+    (`Schedule.reaches_pure_noise`: rectified flow, zero terminal SNR, and VPCosine and VPSigmoid, whose log-SNR
+    floor keeps sigma~(1) finite), "sigma" elsewhere. EDM's schedule gives the same steps either way.
+
+    Why: the corrected step in sigma~ from S to s is the Euler (DDIM) step plus (S / s - 1) / 2 times the change
+    x0_hat(s) - x0_hat(S) of the denoiser over the step (in units of x / alpha; x0_hat(s) at the Euler point). The
+    first step of a grid uniform in t starts at sigma~(1), the floor's value on VPCosine (1,808 at log-SNR -15), and
+    lands near sigma~ ~ 1 where the denoiser has changed most: with the exact denoiser of a 16-D Gaussian, 3 steps
+    miss the ODE's solution by 142 RMS (Euler: 0.14), 25 steps by 0.46, and the error grows with the floor (x12 per 5
+    of log-SNR), which "t" does not see. k-diffusion's sample_heun (and diffusers' HeunDiscreteScheduler) make the
+    same update from the same sigmas and fail the same way (diffusers' cosine betas start at sigma~ = 20,291); EDM's
+    grids start at 80. Even where sigma~(1) is finite, a single step over a large ratio of sigma~ (a Karras grid of 2
+    or 3 steps from 80 to 0.002) makes "sigma" worse than Euler. Neither wins everywhere: on DDPM's discrete schedule
+    with the trailing grid "sigma" is more accurate at 5 and 9 calls, "t" at 19 and 49 (benchmarks/RESULTS.md)."""
     x, t = _churn(ctx, x, t, churn, churn_min, churn_max, churn_noise)
     scale, time = _ode_frame(ctx.schedule, t, ode_time)
     scale_next, time_next = _ode_frame(ctx.schedule, t_next, ode_time)
@@ -81,8 +91,7 @@ def heun_step(ctx: StepContext, x, state, t, t_next, *, churn: float = 0.0, chur
 
 def _resolve_ode_time(schedule, ode_time: str) -> str:
     if ode_time == "auto":
-        with jax.ensure_compile_time_eval():
-            return "sigma" if float(schedule.alpha(1.0)) > 0 else "t"
+        return "t" if schedule.reaches_pure_noise else "sigma"
     if ode_time not in ("t", "sigma"):
         raise ValueError(f"unknown ode_time {ode_time!r}; expected 'auto', 't' or 'sigma'")
     return ode_time

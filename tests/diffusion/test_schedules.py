@@ -105,6 +105,22 @@ def test_zero_terminal_snr():
         S.ZeroTerminalSNR(S.EDM())
 
 
+def test_reaches_pure_noise_and_the_log_snr_floor():
+    """alpha(1) = 0 in exact arithmetic for the cosine and sigmoid families (alpha_bar(1) = cos^2(pi/2) / cos^2(u0),
+    (v_end - v_end) / (v_end - v_start)), though their log-SNR floor keeps it positive in float; on the floor the
+    schedule is constant, so its time derivatives at t = 1 are 0, not NaN (the sigmoid's were)."""
+    expected = {"vp_linear": False, "vp_discrete": False, "vp_cosine": True, "vp_sigmoid": True, "ve": False,
+                "edm": False, "rectified_flow": True}
+    assert {name: S.get_schedule(name).reaches_pure_noise for name in S.SCHEDULES} == expected
+    assert S.get_schedule("vp_linear", zero_terminal_snr=True).reaches_pure_noise
+    assert S.get_schedule("vp_cosine", shift=1.0).reaches_pure_noise
+    assert not S.get_schedule("vp_linear", shift=1.0).reaches_pure_noise
+    for schedule in (S.VPCosine(), S.VPSigmoid()):
+        assert float(schedule.log_snr(1.0)) == pytest.approx(schedule.log_snr_min, abs=1e-5)
+        alpha, _, dalpha, dsigma = schedule.derivatives(jnp.float32(1.0))
+        assert float(alpha) > 0 and float(dalpha) == 0 and float(dsigma) == 0
+
+
 def test_karras_grid_is_edm_formula():
     n = 18
     grid = S.time_grid(S.EDM(), n - 1, "karras")
