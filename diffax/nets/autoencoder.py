@@ -2,8 +2,8 @@
 
 Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion Models", Sec. 3.1 and Appendix G:
 an encoder maps x (B, H, W, C) to a diagonal Gaussian posterior over latents z (B, H/f, W/f, latent_channels),
-f = 2^(len(channel_mult) - 1), and a decoder maps z back to images. Layout (NHWC; the names are diffusers'
-`AutoencoderKL`, so the Stable Diffusion weights map one to one):
+f = 2^(len(channel_mult) - 1), and a decoder maps z back to images. Layout (NHWC; the module names are diffusers'
+`AutoencoderKL`'s, so the Stable Diffusion weights map block by block):
 
     encoder     conv_in      Conv3x3 -> channels * channel_mult[0]
                 down_blocks_l   per level l: num_res_blocks x ResBlock(channels * channel_mult[l]) (`resnets_j`),
@@ -18,10 +18,11 @@ f = 2^(len(channel_mult) - 1), and a decoder maps z back to images. Layout (NHWC
                                 (`resnets_j`), then, except at the last, Upsample: nearest 2x, Conv3x3
                 conv_norm_out, SiLU, conv_out  Conv3x3 -> out_channels
 
-ResBlock is `layers.PreActBlock` (LDM's `ResnetBlock` without time embedding): x + Conv(SiLU(GN(Conv(SiLU(GN(x))))))
-with a 1x1 skip convolution where the channels change. Every GroupNorm has 32 groups and eps 1e-6; attention is
-only in the middle blocks (the published configs have attn_resolutions = []). Parameters names inside a block are
-Flax's (`GroupNorm_0`, `Conv_0`, ...), in diffusers' order (norm1, conv1, norm2, conv2, conv_shortcut).
+ResBlock is `layers.PreActBlock` (LDM's `ResnetBlock` without time embedding): Skip(x) + Conv3x3(SiLU(GN(Conv3x3(
+SiLU(GN(x)))))), Skip a 1x1 convolution where the channels change. Every GroupNorm has 32 groups and eps 1e-6;
+attention is only in the middle blocks (the published configs have attn_resolutions = []). Parameter names inside a
+block are Flax's: `GroupNorm_0`, `Conv_0`, `GroupNorm_1`, `Conv_1`, `Conv_2` for diffusers' norm1, conv1, norm2,
+conv2, conv_shortcut; the attention's GroupNorm and `q`, `k`, `v`, `out` for group_norm, to_q, to_k, to_v, to_out.0.
 
 The posterior (`DiagonalGaussian`): moments = quant_conv(encoder(x)) split on channels into mean and log-variance,
 the log-variance clipped to [-30, 20] (LDM's `DiagonalGaussianDistribution`);
@@ -30,9 +31,12 @@ the log-variance clipped to [-30, 20] (LDM's `DiagonalGaussianDistribution`);
     NLL      -log q(z|x) = 0.5 * sum_(h, w, c) (log(2 pi) + logvar + (z - mean)^2 / var)
 
 Presets (`diffax.nets.registry.AUTOENCODERS`), channels 128, num_res_blocks 2, float32 parameter counts:
-    autoencoder_kl_f8   channel_mult (1, 2, 4, 4), 4 latent channels: 83,653,863, the Stable Diffusion VAE
-                        (diffusers AutoencoderKL, block_out_channels (128, 256, 512, 512), layers_per_block 2)
-    autoencoder_kl_f4   channel_mult (1, 2, 4), 3 latent channels: 55,312,063 (LDM's kl-f4 config)
+    autoencoder_kl_f8   channel_mult (1, 2, 4, 4), 4 latent channels: 83,653,863, the count of diffusers'
+                        AutoencoderKL for the Stable Diffusion VAE (block_out_channels (128, 256, 512, 512),
+                        layers_per_block 2; `sum(p.numel())` of runwayml/stable-diffusion-v1-5's vae)
+    autoencoder_kl_f4   channel_mult (1, 2, 4), 3 latent channels: 55,312,063, LDM's kl-f4
+                        (configs/autoencoder/autoencoder_kl_64x64x3.yaml), by the same count of diffusers' layers
+                        (`diffusers_count` in tests/nets/test_autoencoder.py, which reproduces 83,653,863 for f8)
 
 Precision as every diffax network (`layers`): `dtype` computes, `param_dtype` stores; the posterior moments and the
 reconstruction are float32. Initialization is diffax's (Xavier-uniform, residual branches starting at zero), not

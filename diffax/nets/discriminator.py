@@ -16,8 +16,10 @@ published autoencoder configs changes), rather than taming's optional ActNorm, w
 needs a first batch before `init`. BatchNorm normalizes with the statistics of the batch while training
 (`train=True`, which updates `batch_stats`; call with mutable=["batch_stats"]) and with their running averages
 otherwise; under `jit` on sharded arrays the batch statistics are those of the global batch. PyTorch's defaults:
-momentum 0.1 (Flax's 0.9), eps 1e-5. Initialization as taming's `weights_init`: convolution kernels N(0, 0.02^2),
-BatchNorm scales N(1, 0.02^2), biases 0.
+momentum 0.1 (Flax's 0.9), eps 1e-5; the running variance is Flax's biased one (PyTorch keeps the unbiased), which
+only evaluation mode reads (LDM's loss module trains the discriminator and queries it in training mode).
+Initialization as taming's `weights_init`: convolution kernels N(0, 0.02^2), BatchNorm scales N(1, 0.02^2),
+biases 0.
 
 Parameters for 3 input channels, 64 features, 3 layers: 2,765,633 (convolutions 2,763,841 + BatchNorm scale and
 bias 2 x 896). The 2,764,737 often quoted for a 70x70 PatchGAN is pix2pix's with InstanceNorm (no norm parameters,

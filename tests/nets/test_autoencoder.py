@@ -5,6 +5,7 @@ statistics, precision, jit.
 The full-size presets are only traced (jax.eval_shape allocates nothing); compute runs on tiny widths.
 """
 
+import functools
 import math
 
 import chex
@@ -21,6 +22,26 @@ def param_count(variables) -> int:
     return sum(math.prod(p.shape) for p in jax.tree.leaves(variables["params"]))
 
 
+TINY = build_network("autoencoder_kl_tiny")
+X = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
+
+
+@jax.jit
+def apply_tiny(variables, x, key):
+    """The tiny autoencoder on x with a sampled posterior; one compilation shared by the tests."""
+    return TINY.apply(variables, x, sample_posterior=True, key=key)
+
+
+@functools.cache
+def tiny_variables():
+    return init(TINY, X)
+
+
+def init(model, x, **kwargs):
+    """Parameters of model for x, initialized under jit (eager Flax compiles op by op, far slower on CPU)."""
+    return jax.jit(lambda key, x: model.init(key, x, **kwargs))(jax.random.key(1), x)
+
+
 def shapes_of(model, image_shape):
     x = jax.ShapeDtypeStruct(image_shape, jnp.float32)
     return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
@@ -33,7 +54,8 @@ def diffusers_count(block_out_channels, layers_per_block, latent_channels, in_ch
         return cin * cout * k * k + cout
 
     def resnet(cin, cout):
-        return 2 * cin + conv(cin, cout, 3) + 2 * cout + conv(cout, cout, 3) + (conv(cin, cout, 1) if cin != cout else 0)
+        skip = conv(cin, cout, 1) if cin != cout else 0
+        return 2 * cin + conv(cin, cout, 3) + 2 * cout + conv(cout, cout, 3) + skip
 
     def mid(c):
         return 2 * resnet(c, c) + 2 * c + 4 * (c * c + c)
@@ -41,7 +63,7 @@ def diffusers_count(block_out_channels, layers_per_block, latent_channels, in_ch
     widths, last = list(block_out_channels), len(block_out_channels) - 1
     total = conv(in_channels, widths[0], 3) + conv(latent_channels, widths[-1], 3)  # the two conv_in
     for level, (cin, cout) in enumerate(zip([widths[0], *widths[:-1]], widths)):  # encoder
-        total += resnet(cin, cout) + (layers_per_block - 1) * resnet(cout, cout) + (conv(cout, cout, 3) * (level < last))
+        total += resnet(cin, cout) + (layers_per_block - 1) * resnet(cout, cout) + conv(cout, cout, 3) * (level < last)
     reversed_widths = widths[::-1]
     for index, (cin, cout) in enumerate(zip([reversed_widths[0], *reversed_widths[:-1]], reversed_widths)):  # decoder
         total += resnet(cin, cout) + layers_per_block * resnet(cout, cout) + (conv(cout, cout, 3) * (index < last))
@@ -98,7 +120,7 @@ def test_ldm_downsampling_pads_bottom_right_then_strides():
     # LDM / diffusers Downsample2D(padding=0): F.pad(x, (0, 1, 0, 1)) then a VALID 3x3 convolution with stride 2.
     x = jax.random.normal(jax.random.key(0), (1, 6, 6, 2))
     layer = Downsample(padding=((0, 1), (0, 1)))
-    variables = layer.init(jax.random.key(1), x)
+    variables = init(layer, x)
     out = layer.apply(variables, x)
     kernel, bias = variables["params"]["Conv_0"]["kernel"], variables["params"]["Conv_0"]["bias"]
     padded = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
@@ -108,15 +130,15 @@ def test_ldm_downsampling_pads_bottom_right_then_strides():
     np.testing.assert_allclose(out, reference, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("channel_mult, f", [((1, 1, 1), 4), ((1, 1, 1, 1), 8)])
-def test_tiny_encode_decode_shapes_for_f4_and_f8(channel_mult, f):
-    model = build_network("autoencoder_kl_tiny", channel_mult=channel_mult, latent_channels=3)
-    assert model.downsampling_factor == f
-    x = jax.random.uniform(jax.random.key(0), (2, 16, 24, 3), minval=-1, maxval=1)
-    variables = model.init(jax.random.key(1), x)
-    reconstruction, posterior = jax.jit(lambda v, x: model.apply(v, x, sample_posterior=True,
-                                                                 key=jax.random.key(2)))(variables, x)
-    assert posterior.mean.shape == (2, 16 // f, 24 // f, 3)
+def test_tiny_encode_decode_shapes_for_f4_and_f8():
+    f8 = build_network("autoencoder_kl_tiny", channel_mult=(1, 1, 1, 1), latent_channels=3)
+    posterior = jax.eval_shape(lambda x: f8.init_with_output(jax.random.key(0), x, method="encode")[0], X)
+    assert f8.downsampling_factor == 8 and posterior.mean.shape == (2, 2, 2, 3)
+    f4 = build_network("autoencoder_kl_tiny", channel_mult=(1, 1, 1), latent_channels=3)
+    x = X[:, :, :12]  # H and W need only be multiples of f
+    reconstruction, posterior = jax.jit(lambda v, x: f4.apply(v, x, sample_posterior=True,
+                                                              key=jax.random.key(2)))(init(f4, x), x)
+    assert f4.downsampling_factor == 4 and posterior.mean.shape == (2, 4, 3, 3)
     assert reconstruction.shape == x.shape and reconstruction.dtype == jnp.float32
     assert bool(jnp.isfinite(reconstruction).all())
 
@@ -168,14 +190,13 @@ def test_moments_split_mean_first_and_clip_the_log_variance():
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs(randomized_like):
-    x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
-    full = build_network("autoencoder_kl_tiny")
     half = build_network("autoencoder_kl_tiny", dtype=jnp.bfloat16)
-    variables = randomized_like(shapes_of(full, x.shape))
-    assert {p.dtype for p in jax.tree.leaves(jax.eval_shape(lambda: half.init(jax.random.key(0), x)))} == {
+    variables = randomized_like(shapes_of(TINY, X.shape))
+    assert {p.dtype for p in jax.tree.leaves(jax.eval_shape(lambda: half.init(jax.random.key(0), X)))} == {
         jnp.dtype(jnp.float32)}
-    apply = jax.jit(lambda model, v, x: model.apply(v, x), static_argnums=0)
-    (reference, reference_posterior), (out, posterior) = apply(full, variables, x), apply(half, variables, x)
+    key = jax.random.key(2)
+    reference, reference_posterior = apply_tiny(variables, X, key)
+    out, posterior = jax.jit(lambda v, x: half.apply(v, x, sample_posterior=True, key=key))(variables, X)
     assert out.dtype == posterior.mean.dtype == posterior.logvar.dtype == jnp.float32
     relative = float(jnp.linalg.norm(out - reference) / jnp.linalg.norm(reference))
     assert 1e-4 < relative < 5e-2  # bf16's 8-bit mantissa: different from float32, but close
@@ -188,27 +209,22 @@ class JitTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_same_outputs(self):
-        model = build_network("autoencoder_kl_tiny")
-        x = jax.random.uniform(jax.random.key(0), (1, 8, 8, 3), minval=-1, maxval=1)
-        variables = model.init(jax.random.key(1), x)
-        apply = self.variant(lambda v, x, key: model.apply(v, x, sample_posterior=True, key=key))
-        reconstruction, posterior = apply(variables, x, jax.random.key(2))
-        expected, expected_posterior = jax.jit(
-            lambda v, x, key: model.apply(v, x, sample_posterior=True, key=key))(variables, x, jax.random.key(2))
+        key = jax.random.key(2)
+        apply = self.variant(lambda v, x, key: TINY.apply(v, x, sample_posterior=True, key=key))
+        reconstruction, posterior = apply(tiny_variables(), X, key)
+        expected, expected_posterior = apply_tiny(tiny_variables(), X, key)
         np.testing.assert_allclose(reconstruction, expected, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(posterior.mean, expected_posterior.mean, rtol=1e-4, atol=1e-5)
 
 
 def test_bad_inputs_are_named():
-    model = build_network("autoencoder_kl_tiny")
-    x = jnp.zeros((1, 8, 8, 3))
-    variables = model.init(jax.random.key(0), x)
+    variables = tiny_variables()
     with pytest.raises(ValueError, match=r"shape \(1, 7, 8, 3\).*multiples of the downsampling factor 2"):
-        model.apply(variables, jnp.zeros((1, 7, 8, 3)))
+        jax.eval_shape(TINY.apply, variables, jnp.zeros((1, 7, 8, 3)))
     with pytest.raises(ValueError, match="sample_posterior=True.*needs a PRNG key"):
-        model.apply(variables, x, sample_posterior=True)
+        jax.eval_shape(functools.partial(TINY.apply, sample_posterior=True), variables, X)
     with pytest.raises(ValueError, match=r"latents of shape \(1, 4, 4, 3\): expected \(B, h, w, 4\)"):
-        model.apply(variables, jnp.zeros((1, 4, 4, 3)), method="decode")
+        jax.eval_shape(functools.partial(TINY.apply, method="decode"), variables, jnp.zeros((1, 4, 4, 3)))
     with pytest.raises(ValueError, match="GroupNorm over 48 channels: 32 groups do not divide them"):
         shapes_of(AutoencoderKL(channels=48, channel_mult=(1,)), (1, 8, 8, 3))
 
@@ -246,12 +262,13 @@ def test_discriminator_count_and_patch_map():
 def test_discriminator_trains_with_batch_statistics():
     model = PatchDiscriminator(features=8)
     x = jax.random.normal(jax.random.key(0), (4, 24, 24, 3)) * 3 + 2
-    variables = model.init(jax.random.key(1), x, train=False)
-    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    variables = init(model, x, train=False)
+    train = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+    logits, updates = train(variables, x)
     assert logits.shape == (4, 1, 1, 1)
     # The running mean moves 10% of the way to the batch mean (PyTorch's momentum 0.1): from 0 to 0.1 m, then on the
     # same batch to 0.1 m + 0.9 * 0.1 m = 0.19 m.
-    _, twice = model.apply({**variables, **updates}, x, train=True, mutable=["batch_stats"])
+    _, twice = train({**variables, **updates}, x)
     once = updates["batch_stats"]["norm_1"]["mean"]
     assert float(jnp.abs(once).min()) > 0
     np.testing.assert_allclose(twice["batch_stats"]["norm_1"]["mean"], 1.9 * once, rtol=1e-4)
