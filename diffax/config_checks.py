@@ -80,7 +80,7 @@ def _check_solver_options(config: ml_collections.ConfigDict) -> None:
 
 def _check_task(config: ml_collections.ConfigDict) -> None:
     """A classifier run needs a classifier network (nets.CLASSIFIERS) and no label conditioning; a diffusion run
-    a score network."""
+    a score network (not a classifier, not an autoencoder of nets.AUTOENCODERS)."""
     model = config.model
     if config.task == "classifier":
         _require(model.name in nets.CLASSIFIERS, "model.name", model.name,
@@ -88,8 +88,8 @@ def _check_task(config: ml_collections.ConfigDict) -> None:
         _require(not model.class_conditional, "model.class_conditional", model.class_conditional,
                  "False for config.task = 'classifier' (the classifier predicts the label)")
     else:
-        _require(model.name not in nets.CLASSIFIERS, "model.name", model.name,
-                 f"a score network for config.task = {config.task!r}, not a classifier")
+        _require(model.name not in {**nets.CLASSIFIERS, **nets.AUTOENCODERS}, "model.name", model.name,
+                 f"a score network for config.task = {config.task!r}, not a classifier or an autoencoder")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:

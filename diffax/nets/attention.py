@@ -138,6 +138,7 @@ class SpatialAttention(nn.Module):
     Attributes:
       head_channels: channels per head (ADM uses 64); None means a single head (DDPM, DDPM++).
       skip_scale: 1 (DDPM, ADM) or 1/sqrt(2) (DDPM++ / NCSN++).
+      norm_groups: GroupNorm groups; None for `layers.num_groups(channels)`.
     """
 
     head_channels: int | None = None
@@ -146,6 +147,7 @@ class SpatialAttention(nn.Module):
     implementation: AttentionImplementation = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    norm_groups: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
@@ -154,7 +156,8 @@ class SpatialAttention(nn.Module):
         num_heads = 1 if self.head_channels is None else channels // self.head_channels
 
         def attend(x: jax.Array, context: jax.Array | None) -> jax.Array:
-            tokens = group_norm(channels, self.norm_eps, self.param_dtype)(x).reshape(batch, height * width, channels)
+            tokens = group_norm(channels, self.norm_eps, self.param_dtype, groups=self.norm_groups)(x)
+            tokens = tokens.reshape(batch, height * width, channels)
             attention = Attention(num_heads, implementation=self.implementation, dtype=self.dtype,
                                   param_dtype=self.param_dtype)
             return self.skip_scale * (x + attention(tokens, context).reshape(x.shape))

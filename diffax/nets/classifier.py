@@ -15,39 +15,11 @@ networks it takes no noise level and no conditioning: `__call__(x, *, train)`.
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffax.nets.layers import Dtype, group_norm, xavier_init, zero_init
-
-
-class PreActBlock(nn.Module):
-    """out = Skip(x) + Conv3x3(Dropout(SiLU(GN(Conv3x3(SiLU(GN(x))))))); the last convolution starts at zero, so
-    the block starts as its skip path (the identity, or a 1x1 convolution where the channels change)."""
-
-    out_channels: int
-    dropout: float = 0.0
-    norm_eps: float = 1e-6
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        """x (B, H, W, Cin) -> (B, H, W, out_channels)."""
-        conv = functools.partial(nn.Conv, self.out_channels, (3, 3), padding=((1, 1), (1, 1)),
-                                 kernel_init=xavier_init, dtype=self.dtype, param_dtype=self.param_dtype)
-        norm = functools.partial(group_norm, eps=self.norm_eps, param_dtype=self.param_dtype)
-        h = conv()(nn.silu(norm(x.shape[-1])(x)))
-        h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(norm(self.out_channels)(h)))
-        h = conv(kernel_init=zero_init)(h)
-        skip = x
-        if x.shape[-1] != self.out_channels:
-            skip = nn.Conv(self.out_channels, (1, 1), kernel_init=xavier_init, dtype=self.dtype,
-                           param_dtype=self.param_dtype)(x)
-        return skip + h
+from diffax.nets.layers import Dtype, PreActBlock, group_norm, xavier_init
 
 
 class Classifier(nn.Module):

@@ -45,10 +45,14 @@ def num_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> 
     return groups
 
 
-def group_norm(channels: int, eps: float, param_dtype: Dtype = jnp.float32, name: str | None = None) -> nn.GroupNorm:
-    """GroupNorm (Wu & He 2018) with `num_groups(channels)` groups and a float32 output (see the module docstring)."""
-    return nn.GroupNorm(num_groups=num_groups(channels), epsilon=eps, dtype=jnp.float32, param_dtype=param_dtype,
-                        name=name)
+def group_norm(channels: int, eps: float, param_dtype: Dtype = jnp.float32, name: str | None = None,
+               groups: int | None = None) -> nn.GroupNorm:
+    """GroupNorm (Wu & He 2018) with a float32 output (see the module docstring): `groups` groups (LDM's autoencoder
+    fixes 32), or `num_groups(channels)` where None."""
+    if groups is not None and channels % groups:
+        raise ValueError(f"GroupNorm over {channels} channels: {groups} groups do not divide them")
+    return nn.GroupNorm(num_groups=groups or num_groups(channels), epsilon=eps, dtype=jnp.float32,
+                        param_dtype=param_dtype, name=name)
 
 
 NORMALIZED = "normalized"  # checkpoint name of the normalized (and modulated) inputs of dense layers
@@ -149,15 +153,20 @@ def resample_2d(x: jax.Array, resample: Resample, taps: tuple[int, ...]) -> jax.
 
 
 class Downsample(nn.Module):
-    """Plain 2x downsampling by a stride-2 3x3 convolution (DDPM, ADM without resblock_updown)."""
+    """Plain 2x downsampling by a stride-2 3x3 convolution (DDPM, ADM without resblock_updown).
+
+    padding: ((top, bottom), (left, right)) zeros; (1, 1) on both sides (DDPM, ADM), or ((0, 1), (0, 1)), only at the
+    bottom/right, as LDM's autoencoder (Rombach et al. 2022) and diffusers' `Downsample2D(padding=0)`.
+    """
 
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    padding: tuple[tuple[int, int], tuple[int, int]] = ((1, 1), (1, 1))
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """x (B, H, W, C), H and W even -> (B, H/2, W/2, C)."""
-        return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), kernel_init=xavier_init,
+        return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding=self.padding, kernel_init=xavier_init,
                        dtype=self.dtype, param_dtype=self.param_dtype)(x)
 
 
@@ -228,6 +237,41 @@ class ResBlock(nn.Module):
         if x.shape[-1] != self.out_channels or (self.resample != "none" and self.skip_projection):
             skip = conv((1, 1))(skip)
         return self.skip_scale * (skip + h)
+
+
+class PreActBlock(nn.Module):
+    """Residual block without conditioning (He et al. 2016, "Identity Mappings in Deep Residual Networks", with
+    GroupNorm and SiLU): the classifier's block, and LDM's `ResnetBlock` without a time embedding (Rombach et al.
+    2022; diffusers' `ResnetBlock2D(temb_channels=None)`).
+
+        out = Skip(x) + Conv3x3(Dropout(SiLU(GN(Conv3x3(SiLU(GN(x)))))))
+
+    Skip is the identity, or a 1x1 convolution where the channels change. The last convolution starts at zero, so
+    the block starts as its skip path. norm_groups: GroupNorm groups, or None for `num_groups(channels)`.
+    """
+
+    out_channels: int
+    dropout: float = 0.0
+    norm_eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    norm_groups: int | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """x (B, H, W, Cin) -> (B, H, W, out_channels)."""
+        conv = functools.partial(nn.Conv, self.out_channels, (3, 3), padding=((1, 1), (1, 1)),
+                                 kernel_init=xavier_init, dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = functools.partial(group_norm, eps=self.norm_eps, param_dtype=self.param_dtype,
+                                 groups=self.norm_groups)
+        h = conv()(nn.silu(norm(x.shape[-1])(x)))
+        h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(norm(self.out_channels)(h)))
+        h = conv(kernel_init=zero_init)(h)
+        skip = x
+        if x.shape[-1] != self.out_channels:
+            skip = nn.Conv(self.out_channels, (1, 1), kernel_init=xavier_init, dtype=self.dtype,
+                           param_dtype=self.param_dtype)(x)
+        return skip + h
 
 
 class PatchEmbed(nn.Module):

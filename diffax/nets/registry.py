@@ -9,6 +9,8 @@ networks by name and size, and projects can add entries. Parameter counts of the
     adm_imagenet64   295,905,222   ADM ImageNet-64 (Dhariwal & Nichol 2021), 1000 classes, learned sigma (6 out)
     dit_xl_2         674,834,720   DiT-XL/2 with num_classes=1000, out_channels=8 on 32x32x4 latents; DiT
                                    reports 675,129,632, which counts its frozen 294,912-entry position table
+    autoencoder_kl_f8 83,653,863   the Stable Diffusion VAE (LDM kl-f8), exactly diffusers' AutoencoderKL count
+    autoencoder_kl_f4 55,312,063   LDM's kl-f4 (Rombach et al. 2022), counted by formula from its config
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
+from diffax.nets.autoencoder import AutoencoderKL
 from diffax.nets.classifier import Classifier
 from diffax.nets.dit import DiT
 from diffax.nets.mlp import MLP
@@ -34,6 +37,17 @@ DIT_SIZES: dict[str, dict[str, int]] = {
 # Image classifiers (`config.task = "classifier"`): `__call__(x, *, train, return_features=False)`, no noise
 # level or conditioning; their penultimate features serve the offline sample-quality metrics.
 CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {"classifier": Classifier}
+
+# Autoencoders for latent diffusion (Rombach et al. 2022): `__call__(x, *, sample_posterior, key, train)` ->
+# (reconstruction, posterior), with `encode` and `decode` methods; channels 128, 2 residual blocks per level.
+AUTOENCODERS: dict[str, Callable[..., nn.Module]] = {
+    "autoencoder_kl": AutoencoderKL,
+    "autoencoder_kl_f8": functools.partial(AutoencoderKL, channel_mult=(1, 2, 4, 4), latent_channels=4),
+    "autoencoder_kl_f4": functools.partial(AutoencoderKL, channel_mult=(1, 2, 4), latent_channels=3),
+    # For CPU runs and tests: f = 2, widths 32 and 64, one residual block per level.
+    "autoencoder_kl_tiny": functools.partial(AutoencoderKL, channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                                             latent_channels=4),
+}
 
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "unet": UNet,
@@ -59,6 +73,7 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     **{f"dit_{size}_{patch}": functools.partial(DiT, patch_size=patch, **dims)
        for size, dims in DIT_SIZES.items() for patch in (2, 4, 8)},
     **CLASSIFIERS,
+    **AUTOENCODERS,
 }
 
 

@@ -25,10 +25,15 @@ def tiny(kind: str, **overrides):
 
 
 def random_variables(model, x: jax.Array, cond=None, seed: int = 0) -> dict:
-    """Random parameters of the right shapes, drawn with numpy (no XLA compilation): kernels and embeddings
-    N(0, 1/fan_in), norm scales 1 + N(0, 0.1^2), biases N(0, 0.1^2). Unlike a fresh init, whose zero-initialized
-    output layers make every network output exactly 0, the output then depends on every input."""
+    """Random parameters of a score network for x, as `randomize_like` draws them."""
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, jnp.zeros(x.shape[:1]), cond, train=False))
+    return randomize_like(shapes, seed)
+
+
+def randomize_like(shapes, seed: int = 0):
+    """Random arrays of the shapes and dtypes of the pytree `shapes`, drawn with numpy (no XLA compilation): kernels
+    and embeddings N(0, 1/fan_in), norm scales 1 + N(0, 0.1^2), biases N(0, 0.1^2). Unlike a fresh init, whose
+    zero-initialized output layers make every network output exactly 0, the output then depends on every input."""
     rng = np.random.default_rng(seed)
 
     def draw(path, leaf):
@@ -51,3 +56,8 @@ def make_tiny() -> Callable:
 @pytest.fixture
 def randomized() -> Callable:
     return random_variables
+
+
+@pytest.fixture
+def randomized_like() -> Callable:
+    return randomize_like
