@@ -52,10 +52,9 @@ def auto_worker_count(usable_cpus: int, local_devices: int, backend: str) -> int
     would only take cores from it: the reader threads of the training process (`_READ_OPTIONS`) do it. With
     accelerators, the host keeps one core per local device (the runtime's thread that launches that device's
     kernels) and one for the training loop, and gives the rest to decoding; at least one worker, since a worker's
-    decoding runs beside the launches rather than between them. At most 16: 8 workers already read a CIFAR-10-shaped
-    data set at 26,107 images/s on a 16-core host, and 14 fed one H200 training DDPM at 99% of its synthetic-data rate
-    on 1.7 cores (benchmarks/NOTES.md, input path and issue 22), so more processes would only add memory (each its own
-    interpreter, the pipeline's imports and 8 batches of read-ahead).
+    decoding runs beside the launches rather than between them. At most 16: fewer already keep a GPU fed on
+    CIFAR-sized images (benchmarks/NOTES.md, "input path" and issue 22), so more processes would only add memory
+    (each its own interpreter, the pipeline's imports and 8 batches of read-ahead).
     """
     if backend == "cpu":
         return 0
