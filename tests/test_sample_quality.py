@@ -85,3 +85,11 @@ def test_a_trained_digits_run_scores_far_better_than_an_untrained_one(tiny_run, 
         results = evaluate.run(config, workdir)
         fcd[name] = next(value for key, value in results.items() if key.startswith("eval/fcd/"))
     assert fcd["trained"] * 3 < fcd["untrained"], fcd
+
+
+def test_real_images_are_read_in_batches_that_divide_the_split():
+    divisor_batch = sample_quality._divisor_batch
+    assert divisor_batch(297, 256, 1) == 99  # Every held-out digit counts.
+    assert divisor_batch(50_000, 250, 2) == 250 and divisor_batch(1000, 256, 1) == 250
+    assert divisor_batch(10_007, 256, 1) == 256  # A prime: no divisor near the batch, the last partial one dropped.
+    assert divisor_batch(10, 256, 4) == 8  # A multiple of the process count.

@@ -72,12 +72,14 @@ def _feature_network(choice: str, inception_weights: str, batch_size: int) -> tu
 
 
 def _divisor_batch(count: int, largest: int, multiple_of: int) -> int:
-    """The largest batch <= `largest`, a multiple of `multiple_of`, that divides `count` (so no image is dropped),
-    else `largest` rounded down to a multiple of `multiple_of` (the last partial batch is then dropped)."""
-    for batch in range(min(largest, count), 0, -1):
+    """The largest batch in [top / 4, top], top = min(largest, count), a multiple of `multiple_of`, that divides
+    `count` (so no image is dropped), else top rounded down to a multiple of `multiple_of` (the last partial batch
+    is then dropped): small batches would make reading slow."""
+    top = min(largest, count)
+    for batch in range(top, max(top // 4, 1) - 1, -1):
         if count % batch == 0 and batch % multiple_of == 0:
             return batch
-    return largest - largest % multiple_of
+    return top - top % multiple_of
 
 
 def real_feature_batches(config: ml_collections.ConfigDict, split: str, features: FeatureFn,
