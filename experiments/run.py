@@ -12,7 +12,7 @@ DIR/base/                        an eval sweep's trained run (unless --run names
 DIR/results.csv, results.md      one row per point; DIR/<y>_vs_<x>.png the sweep's plots
 
 Train points train as their own `launch.py` processes (failures and memory stay apart), --parallel N of them side by
-side, and are evaluated in this process one at a time; eval points share one loaded run in this process (one load,
+side (each on its own share of the cores and, on a host with several GPUs, of the GPUs), and are evaluated in this process one at a time; eval points share one loaded run in this process (one load,
 and the feature network and real-data features computed once). A rerun skips points that have a result.json and
 runs the missing (or deleted) ones; failed points run again only with --retry_failed. A point that fails is recorded
 (status, error, log) and the sweep goes on. --emit writes DIR/commands.txt (one command per point) or
@@ -60,13 +60,25 @@ def _flags(overrides: Mapping[str, Any]) -> list[str]:
     return [f"--config.{key}={override_text(value)}" for key, value in overrides.items()]
 
 
-def _run_logged(command: list[str], log_path: str, cores: set[int] | None = None) -> None:
-    """Runs a command with its output appended to log_path, on `cores` (default: this process's); raises with the
-    log's tail if it fails."""
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """Where one training process runs: its CPU cores and GPUs (None: this process's own)."""
+
+    cores: frozenset[int] | None = None
+    gpus: str | None = None  # CUDA_VISIBLE_DEVICES for the process
+
+    def environment(self) -> dict[str, str] | None:
+        return None if self.gpus is None else {**os.environ, "CUDA_VISIBLE_DEVICES": self.gpus}
+
+
+def _run_logged(command: list[str], log_path: str, slot: Slot = Slot()) -> None:
+    """Runs a command with its output appended to log_path, on `slot`'s cores and GPUs; raises with the log's tail
+    if it fails."""
+    cores = slot.cores
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=slot.environment(),
                                preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores))
     if code != 0:
         with open(log_path) as log:
@@ -85,13 +97,37 @@ def _newest_json(directory: str, pattern_prefix: str = "") -> dict | None:
         return json.load(file)
 
 
-def _core_shares(count: int) -> list[set[int] | None]:
+def _core_shares(count: int) -> list[frozenset[int] | None]:
     """This process's cores split into `count` disjoint shares (None: no split where affinity is not settable or
     there are fewer cores than shares)."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
     if count <= 1 or len(cores) < count:
         return [None] * max(count, 1)
-    return [set(share.tolist()) for share in np.array_split(np.array(cores), count)]
+    return [frozenset(share.tolist()) for share in np.array_split(np.array(cores), count)]
+
+
+def visible_gpus() -> list[str]:
+    """The ids this process's CUDA_VISIBLE_DEVICES names (or 0 .. n - 1 for its n GPUs); [] off GPU."""
+    if jax.default_backend() != "gpu":
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return listed.split(",") if listed else [str(index) for index in range(jax.local_device_count())]
+
+
+def gpu_shares(gpus: list[str], count: int) -> list[str | None]:
+    """`count` training processes spread over `gpus`: with at least as many GPUs as processes each gets its own
+    disjoint share (['0,1', '2,3'] for 4 GPUs, 2 processes), else process i shares GPU i mod len(gpus); None (all
+    of them) with fewer than two GPUs or one process."""
+    if len(gpus) < 2 or count <= 1:
+        return [None] * max(count, 1)
+    if len(gpus) >= count:
+        return [",".join(share) for share in np.array_split(np.array(gpus), count)]
+    return [gpus[index % len(gpus)] for index in range(count)]
+
+
+def slots(count: int) -> list[Slot]:
+    """The slots of `count` side-by-side training processes: disjoint core shares, and GPU shares on a GPU host."""
+    return [Slot(cores, gpus) for cores, gpus in zip(_core_shares(count), gpu_shares(visible_gpus(), count))]
 
 
 def _train_seconds(workdir: str, step: int) -> float | None:
@@ -123,8 +159,8 @@ class Runner:
         self.names = [point_name(point) for point in sweep.points]
         os.makedirs(os.path.join(self.workdir, "logs"), exist_ok=True)
         self._loaded = {}  # sample.step -> the base run loaded at that checkpoint
-        self._cores: queue.Queue = queue.Queue()  # Core shares of the training processes (`run`): one, unsplit.
-        self._cores.put(None)
+        self._slots: queue.Queue = queue.Queue()  # Where training processes run (`run`): one, unsplit.
+        self._slots.put(Slot())
 
     def write_record(self, argv: list[str]) -> None:
         """DIR/sweep.json: the command, the commit, the machine and the date of this invocation (appended)."""
@@ -165,14 +201,14 @@ class Runner:
     def _train_point(self, index: int) -> dict:
         overrides = config_overrides({**self.sweep.overrides, **self.sweep.points[index]})
         run_dir = self.point_dir(index)
-        cores = self._cores.get()
+        slot = self._slots.get()
         try:
             start = time.time()
             _run_logged([sys.executable, LAUNCH, f"--config={self.sweep.config}", f"--workdir={run_dir}",
-                         *_flags(overrides)], self._log(self.names[index]), cores)
+                         *_flags(overrides)], self._log(self.names[index]), slot)
             train_seconds = time.time() - start
         finally:
-            self._cores.put(cores)
+            self._slots.put(slot)
         trained = load_run(run_dir)
         try:
             return {"train_seconds": train_seconds, **self._evaluate(trained, trained.config)}
@@ -230,10 +266,11 @@ class Runner:
     def run(self, parallel: int = 1, retry_failed: bool = False) -> None:
         """Every pending point, with a progress bar; train points `parallel` at a time, each training process on
         its own 1/parallel of this process's cores (so each sizes its input workers and XLA threads for its share,
-        rather than `parallel` processes each taking the whole host)."""
-        self._cores = queue.Queue()
-        for share in _core_shares(parallel):
-            self._cores.put(share)
+        rather than `parallel` processes each taking the whole host) and, on a host with several GPUs, its own GPUs
+        (`gpu_shares`)."""
+        self._slots = queue.Queue()
+        for slot in slots(parallel):
+            self._slots.put(slot)
         todo = self.pending(retry_failed)
         if self.sweep.action == "eval" and todo:
             self.train_base()
