@@ -12,7 +12,8 @@ DIR/base/                        an eval sweep's trained run (unless --run names
 DIR/results.csv, results.md      one row per point; DIR/<y>_vs_<x>.png the sweep's plots
 
 Train points train as their own `launch.py` processes (failures and memory stay apart), --parallel N of them side by
-side (each on its own share of the cores and, on a host with several GPUs, of the GPUs), and are evaluated in this process one at a time; eval points share one loaded run in this process (one load,
+side (each on its own share of the cores and, on a host with several GPUs, of the GPUs), each then evaluated by
+`launch.py --mode eval` in the same share; eval points share one loaded run in this process (one load,
 and the feature network and real-data features computed once). A rerun skips points that have a result.json and
 runs the missing (or deleted) ones; failed points run again only with --retry_failed. A point that fails is recorded
 (status, error, log) and the sweep goes on. --emit writes DIR/commands.txt (one command per point) or
@@ -199,21 +200,21 @@ class Runner:
         return os.path.join(self.workdir, "logs", f"{name}.log")
 
     def _train_point(self, index: int) -> dict:
+        """Trains the point's run and evaluates it (`launch.py --mode eval`), both in the point's slot, so that
+        points evaluate side by side on their own devices; reads the metrics back from the eval JSONs."""
         overrides = config_overrides({**self.sweep.overrides, **self.sweep.points[index]})
-        run_dir = self.point_dir(index)
+        run_dir, log = self.point_dir(index), self._log(self.names[index])
         slot = self._slots.get()
         try:
             start = time.time()
             _run_logged([sys.executable, LAUNCH, f"--config={self.sweep.config}", f"--workdir={run_dir}",
-                         *_flags(overrides)], self._log(self.names[index]), slot)
+                         *_flags(overrides)], log, slot)
             train_seconds = time.time() - start
+            _run_logged([sys.executable, LAUNCH, "--mode=eval", f"--workdir={run_dir}"], log, slot)
         finally:
             self._slots.put(slot)
-        trained = load_run(run_dir)
-        try:
-            return {"train_seconds": train_seconds, **self._evaluate(trained, trained.config)}
-        finally:
-            trained.close()
+        heldout = _newest_json(run_dir, "eval_") or {}
+        return {"train_seconds": train_seconds, **metrics_of(heldout, _newest_json(os.path.join(run_dir, "eval")))}
 
     def train_base(self) -> None:
         """An eval sweep's base run: trained once in DIR/base by launch.py (resumed if interrupted); a run given
