@@ -1,0 +1,156 @@
+"""Public KL-autoencoder weights in diffusers' layout (the Stable Diffusion VAE) -> diffax's `AutoencoderKL`.
+
+    python -m diffax.convert sd-vae diffusion_pytorch_model.safetensors sd_vae.npz
+    model, variables = load_autoencoder("sd_vae.npz")
+    posterior = model.apply(variables, images, method="encode")       # images (B, H, W, 3) in [-1, 1]
+    latents = SD_SCALING_FACTOR * posterior.mode()                     # what Stable Diffusion's UNet sees
+
+diffusers' `AutoencoderKL` state dict (`encoder.down_blocks.0.resnets.1.norm1.weight`, ...) maps name by name onto
+diffax's (`params/encoder/down_blocks_0/resnets_1/GroupNorm_0/scale`): numbered containers `x.N` become `x_N`;
+inside a residual block norm1, conv1, norm2, conv2, conv_shortcut become GroupNorm_0, Conv_0, GroupNorm_1, Conv_1,
+Conv_2; in the mid-block attention group_norm, to_q, to_k, to_v, to_out.0 become GroupNorm_0 and Attention_0/q, k,
+v, out (the names diffusers used before 0.14, query, key, value, proj_attn, map the same way); the resamplers'
+`conv` becomes Conv_0. Tensors: convolution weights OIHW -> HWIO, linear weights (out, in) -> (in, out) (also
+where a checkpoint stores them as 1x1 convolutions, (out, in, 1, 1)), GroupNorm weight -> scale; float32.
+
+The architecture is read from the weights (`autoencoder_settings`): widths from the convolutions, blocks per level
+by counting, latent channels from post_quant_conv. The GroupNorm group count leaves no trace in the weights: it is
+32, as in every published KL autoencoder (diffusers' `norm_num_groups` default). The Stable Diffusion VAE (SD 1.x,
+2.x; `block_out_channels` (128, 256, 512, 512), `layers_per_block` 2, `latent_channels` 4, `norm_num_groups` 32)
+reads as the `autoencoder_kl_f8` preset, whose layers are diffusers' (the module docstring of
+`diffax.nets.autoencoder`; checked against diffusers' outputs in tests/nets/test_diffusers_vae.py). Its latents are
+scaled by `SD_SCALING_FACTOR` (diffusers' `scaling_factor`) before diffusion; the SDXL VAE uses 0.13025.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffax import weights
+from diffax.nets.autoencoder import AutoencoderKL
+
+SD_SCALING_FACTOR = 0.18215  # Stable Diffusion 1.x / 2.x: z = 0.18215 * E(x) has unit variance (Rombach et al.)
+NORM_GROUPS = 32
+
+# diffusers' layer name -> diffax's, for the last module of a key (after numbered containers became `name_N`).
+_LAYER_NAMES = {
+    "norm1": "GroupNorm_0", "conv1": "Conv_0", "norm2": "GroupNorm_1", "conv2": "Conv_1", "conv_shortcut": "Conv_2",
+    "group_norm": "GroupNorm_0",
+    "to_q": "Attention_0/q", "to_k": "Attention_0/k", "to_v": "Attention_0/v", "to_out_0": "Attention_0/out",
+    "query": "Attention_0/q", "key": "Attention_0/k", "value": "Attention_0/v", "proj_attn": "Attention_0/out",
+    "conv": "Conv_0",
+}
+_NORMS = ("GroupNorm_0", "GroupNorm_1", "conv_norm_out")
+_LINEARS = ("Attention_0/q", "Attention_0/k", "Attention_0/v", "Attention_0/out")
+
+
+def _diffax_name(key: str) -> str:
+    """'encoder.mid_block.attentions.0.to_out.0.weight' -> 'params/encoder/mid_block/attentions_0/Attention_0/out/
+    kernel'."""
+    module, _, leaf = key.rpartition(".")
+    parts = re.sub(r"\.(\d+)(?=\.|$)", r"_\1", module).split(".")
+    layer = _LAYER_NAMES.get(parts[-1], parts[-1])
+    if leaf == "weight":
+        leaf = "scale" if layer in _NORMS else "kernel"
+    return "/".join(["params", *parts[:-1], layer, leaf])
+
+
+def _diffax_value(name: str, value: np.ndarray) -> np.ndarray:
+    value = np.asarray(value, np.float32)
+    if name.endswith("/kernel") and name.rpartition("/")[0].endswith(_LINEARS):
+        return value.reshape(value.shape[:2]).T  # (out, in) or (out, in, 1, 1) -> (in, out)
+    return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value  # OIHW -> HWIO
+
+
+def autoencoder_settings(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """`AutoencoderKL` attributes read off flat diffax variables' shapes: channels, channel_mult, num_res_blocks,
+    latent_channels, out_channels (and norm_groups = 32, which weights do not show)."""
+    def width(name: str) -> int:
+        if name not in flat:
+            raise ValueError(f"the weights have no {name}: not a diffusers AutoencoderKL (KL autoencoder) state dict")
+        return int(np.shape(flat[name])[-1])
+
+    channels = width("params/encoder/conv_in/kernel")
+    levels = sorted({int(match.group(1)) for name in flat
+                     if (match := re.match(r"params/encoder/down_blocks_(\d+)/", name))})
+    if levels != list(range(len(levels))) or not levels:
+        raise ValueError(f"the encoder's down_blocks are numbered {levels}: expected 0, 1, ...")
+    widths = [width(f"params/encoder/down_blocks_{level}/resnets_0/Conv_0/kernel") for level in levels]
+    if any(w % channels for w in widths):
+        raise ValueError(f"block widths {widths} are not multiples of the first, {channels}")
+    num_res_blocks = len({name.split("/")[3] for name in flat
+                          if name.startswith("params/encoder/down_blocks_0/resnets_")})
+    return dict(channels=channels, channel_mult=tuple(w // channels for w in widths), num_res_blocks=num_res_blocks,
+                latent_channels=width("params/post_quant_conv/kernel"),
+                out_channels=width("params/decoder/conv_out/kernel"), norm_groups=NORM_GROUPS)
+
+
+def expected_shapes(model: AutoencoderKL, in_channels: int = 3) -> dict[str, tuple[int, ...]]:
+    """The flat variable names of `model` -> shapes (traced on one f x f image: the shapes do not depend on it)."""
+    f = model.downsampling_factor
+    return weights.variable_shapes(model, jax.ShapeDtypeStruct((1, f, f, in_channels), jnp.float32))
+
+
+def check_variables(flat: Mapping[str, Any], model: AutoencoderKL, source: str) -> None:
+    """Raise ValueError naming every variable of `model` that `flat` lacks, has beyond, or shapes otherwise."""
+    weights.check_variables(flat, expected_shapes(model, _in_channels(flat)), f"the weights of {_describe(model)}",
+                            source)
+
+
+def _in_channels(flat: Mapping[str, Any]) -> int:
+    """Image channels the encoder reads (3 where the weights do not say)."""
+    kernel = flat.get("params/encoder/conv_in/kernel")
+    return 3 if kernel is None else int(np.shape(kernel)[2])
+
+
+def _describe(model: AutoencoderKL) -> str:
+    return (f"AutoencoderKL(channels={model.channels}, channel_mult={tuple(model.channel_mult)}, "
+            f"num_res_blocks={model.num_res_blocks}, latent_channels={model.latent_channels})")
+
+
+def variables_from_diffusers(state_dict: Mapping[str, np.ndarray],
+                             source: str = "the state dict") -> dict[str, np.ndarray]:
+    """diffusers' AutoencoderKL state dict (name -> array) -> flat float32 diffax variables (module docstring),
+    checked: every tensor is used and every variable of the architecture it describes is filled, or ValueError
+    names the diffusers keys left over and the diffax variables left empty."""
+    flat, origin = {}, {}
+    for key, value in state_dict.items():
+        name = _diffax_name(key)
+        if name in flat:
+            raise ValueError(f"{source}: {origin[name]!r} and {key!r} both map to {name}")
+        flat[name], origin[name] = _diffax_value(name, value), key
+    model = AutoencoderKL(**autoencoder_settings(flat))
+    unused = sorted(origin[name] for name in set(flat) - set(expected_shapes(model, _in_channels(flat))))
+    if unused:
+        raise ValueError(f"{source}: keys with no place in {_describe(model)}: {', '.join(unused)}")
+    check_variables(flat, model, source)
+    return flat
+
+
+def load_variables(path: str, model: AutoencoderKL) -> dict[str, Any]:
+    """The variables {'params': ...} of `model` (e.g. `build_network('autoencoder_kl_f8')`) from a converted `.npz`,
+    checked against its shapes."""
+    flat = read_converted(path)
+    check_variables(flat, model, repr(path))
+    return weights.nest(flat)
+
+
+def read_converted(path: str) -> dict[str, np.ndarray]:
+    """The flat arrays of a converted `.npz` (`python -m diffax.convert sd-vae`)."""
+    return weights.read_flat(path, "autoencoder weights", "convert diffusers' AutoencoderKL weights with "
+                             "`python -m diffax.convert sd-vae IN.safetensors OUT.npz`")
+
+
+def load_autoencoder(path: str, **attributes) -> tuple[AutoencoderKL, dict[str, Any]]:
+    """(the AutoencoderKL that a converted `.npz` describes, its variables); `attributes` such as dtype or
+    attention_implementation are passed on to it."""
+    flat = read_converted(path)
+    model = AutoencoderKL(**{**autoencoder_settings(flat), **attributes})
+    check_variables(flat, model, repr(path))
+    return model, weights.nest(flat)
