@@ -24,6 +24,7 @@ scaled by `SD_SCALING_FACTOR` (diffusers' `scaling_factor`) before diffusion; th
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -68,22 +69,23 @@ def _diffax_value(name: str, value: np.ndarray) -> np.ndarray:
     return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value  # OIHW -> HWIO
 
 
-def autoencoder_settings(flat: Mapping[str, Any]) -> dict[str, Any]:
+def autoencoder_settings(flat: Mapping[str, Any], source: str = "the weights") -> dict[str, Any]:
     """`AutoencoderKL` attributes read off flat diffax variables' shapes: channels, channel_mult, num_res_blocks,
     latent_channels, out_channels (and norm_groups = 32, which weights do not show)."""
     def width(name: str) -> int:
         if name not in flat:
-            raise ValueError(f"the weights have no {name}: not a diffusers AutoencoderKL (KL autoencoder) state dict")
+            raise ValueError(f"{source} has no {name}: not the weights of a KL autoencoder (diffusers' "
+                             "AutoencoderKL)")
         return int(np.shape(flat[name])[-1])
 
     channels = width("params/encoder/conv_in/kernel")
     levels = sorted({int(match.group(1)) for name in flat
                      if (match := re.match(r"params/encoder/down_blocks_(\d+)/", name))})
     if levels != list(range(len(levels))) or not levels:
-        raise ValueError(f"the encoder's down_blocks are numbered {levels}: expected 0, 1, ...")
+        raise ValueError(f"{source}: the encoder's down_blocks are numbered {levels}: expected 0, 1, ...")
     widths = [width(f"params/encoder/down_blocks_{level}/resnets_0/Conv_0/kernel") for level in levels]
     if any(w % channels for w in widths):
-        raise ValueError(f"block widths {widths} are not multiples of the first, {channels}")
+        raise ValueError(f"{source}: block widths {widths} are not multiples of the first, {channels}")
     num_res_blocks = len({name.split("/")[3] for name in flat
                           if name.startswith("params/encoder/down_blocks_0/resnets_")})
     return dict(channels=channels, channel_mult=tuple(w // channels for w in widths), num_res_blocks=num_res_blocks,
@@ -93,6 +95,15 @@ def autoencoder_settings(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 def expected_shapes(model: AutoencoderKL, in_channels: int = 3) -> dict[str, tuple[int, ...]]:
     """The flat variable names of `model` -> shapes (traced on one f x f image: the shapes do not depend on it)."""
+    return _expected_shapes(model.channels, tuple(model.channel_mult), model.num_res_blocks, model.latent_channels,
+                            model.out_channels, model.norm_groups, in_channels)
+
+
+@functools.cache
+def _expected_shapes(channels: int, channel_mult: tuple[int, ...], num_res_blocks: int, latent_channels: int,
+                     out_channels: int, norm_groups: int, in_channels: int) -> dict[str, tuple[int, ...]]:
+    model = AutoencoderKL(channels=channels, channel_mult=channel_mult, num_res_blocks=num_res_blocks,
+                          latent_channels=latent_channels, out_channels=out_channels, norm_groups=norm_groups)
     f = model.downsampling_factor
     return weights.variable_shapes(model, jax.ShapeDtypeStruct((1, f, f, in_channels), jnp.float32))
 
@@ -125,7 +136,7 @@ def variables_from_diffusers(state_dict: Mapping[str, np.ndarray],
         if name in flat:
             raise ValueError(f"{source}: {origin[name]!r} and {key!r} both map to {name}")
         flat[name], origin[name] = _diffax_value(name, value), key
-    model = AutoencoderKL(**autoencoder_settings(flat))
+    model = AutoencoderKL(**autoencoder_settings(flat, source))
     unused = sorted(origin[name] for name in set(flat) - set(expected_shapes(model, _in_channels(flat))))
     if unused:
         raise ValueError(f"{source}: keys with no place in {_describe(model)}: {', '.join(unused)}")
@@ -151,6 +162,6 @@ def load_autoencoder(path: str, **attributes) -> tuple[AutoencoderKL, dict[str, 
     """(the AutoencoderKL that a converted `.npz` describes, its variables); `attributes` such as dtype or
     attention_implementation are passed on to it."""
     flat = read_converted(path)
-    model = AutoencoderKL(**{**autoencoder_settings(flat), **attributes})
+    model = AutoencoderKL(**{**autoencoder_settings(flat, repr(path)), **attributes})
     check_variables(flat, model, repr(path))
     return model, weights.nest(flat)
