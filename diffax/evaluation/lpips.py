@@ -152,9 +152,17 @@ def lpips_distance(variables: Mapping[str, Any], x: jax.Array, y: jax.Array, *,
     return LPIPS(dtype).apply(variables, x, y)
 
 
+_jitted_distance = jax.jit(lpips_distance, static_argnames="dtype")
+
+
 def lpips_fn(weights_path: str, *, dtype: Any = jnp.float32) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """fn(x, y) -> LPIPS distances (B,) for images (B, H, W, 3) in [-1, 1], NHWC; jit-able and differentiable in x
-    and y. The weights are closed over: under `jax.jit` they become constants of the compiled program (slow to
-    compile once); a step that is compiled often should pass them in with `lpips_distance`."""
+    and y; called outside jit, it runs compiled (once per shape). The weights are closed over: inside a caller's
+    `jax.jit` they become constants of that program (slow to compile); a step that is compiled often should take
+    them as an argument and call `lpips_distance`."""
     variables = jax.device_put(load_variables(weights_path))
-    return functools.partial(lpips_distance, variables, dtype=dtype)
+
+    def distance(x: jax.Array, y: jax.Array) -> jax.Array:
+        return _jitted_distance(variables, x, y, dtype=dtype)
+
+    return distance
