@@ -114,7 +114,8 @@ def test_older_attention_names_and_1x1_convolution_weights_convert_alike(tiny_st
      "wrong shape: params/decoder/conv_in/kernel (1, 1, 4, 64) (expected (3, 3, 4, 64))"),
     (lambda state: state.update({"encoder.mid_block.attentions.0.query.weight": np.zeros((64, 64))}),
      "'encoder.mid_block.attentions.0.to_q.weight' and 'encoder.mid_block.attentions.0.query.weight' both map"),
-    (lambda state: state.pop("encoder.conv_in.weight"), "has no params/encoder/conv_in/kernel: not the weights of a KL autoencoder"),
+    (lambda state: state.pop("encoder.conv_in.weight"),
+     "has no params/encoder/conv_in/kernel: not the weights of a KL autoencoder"),
 ])
 def test_converter_names_what_is_wrong(tiny_state, change, message):
     state = dict(tiny_state)
