@@ -4,7 +4,7 @@
         pytorch-fid's FID Inception weights -> `eval.inception_weights=inception.npz`
         (`diffax.evaluation.inception.inception_feature_fn`)
     python -m diffax.convert sd-vae diffusion_pytorch_model.safetensors sd_vae.npz
-        a KL autoencoder in diffusers' layout (the Stable Diffusion VAE) -> AutoencoderKL variables
+        a KL autoencoder in diffusers' or LDM's layout (the Stable Diffusion VAE) -> AutoencoderKL variables
         (`diffax.nets.diffusers_vae.load_autoencoder`)
     python -m diffax.convert lpips vgg16-397923af.pth vgg.pth lpips_vgg.npz
         torchvision's VGG16 and the lpips package's linear layers (weights/v0.1/vgg.pth) -> LPIPS variables
@@ -38,6 +38,8 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
         raise ImportError(f"reading the PyTorch file {path!r} needs torch (pip install torch), or convert it to "
                           ".npz or .safetensors elsewhere") from error
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # a PyTorch Lightning checkpoint
+        state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"{path!r} holds a {type(state).__name__}, not a state dict (name -> tensor)")
     return {name: value.detach().numpy() for name, value in state.items() if isinstance(value, torch.Tensor)}
@@ -75,7 +77,7 @@ def convert_inception(source: str, destination: str) -> None:
 
 
 def convert_sd_vae(source: str, destination: str) -> None:
-    """A diffusers AutoencoderKL state dict (the Stable Diffusion VAE) -> AutoencoderKL variables."""
+    """A diffusers (or LDM) AutoencoderKL state dict (the Stable Diffusion VAE) -> AutoencoderKL variables."""
     np.savez(destination, **diffusers_vae.variables_from_diffusers(read_state_dict(source), repr(source)))
 
 

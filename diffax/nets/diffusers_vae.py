@@ -12,6 +12,10 @@ Conv_2; in the mid-block attention group_norm, to_q, to_k, to_v, to_out.0 become
 v, out (the names diffusers used before 0.14, query, key, value, proj_attn, map the same way); the resamplers'
 `conv` becomes Conv_0. Tensors: convolution weights OIHW -> HWIO, linear weights (out, in) -> (in, out) (also
 where a checkpoint stores them as 1x1 convolutions, (out, in, 1, 1)), GroupNorm weight -> scale; float32.
+The original CompVis/LDM layout (`encoder.down.0.block.1.norm1.weight`, `mid.attn_1.q`, `nin_shortcut`; the
+original Stable Diffusion VAE files, and whole SD checkpoints, whose autoencoder is under `first_stage_model.`) is
+renamed to diffusers' first, as diffusers' `convert_ldm_vae_checkpoint` does; LDM's training-only `loss.*` (LPIPS
+and discriminator) and `model_ema.*` entries are left out.
 
 The architecture is read from the weights (`autoencoder_settings`): widths from the convolutions, blocks per level
 by counting, latent channels from post_quant_conv. The GroupNorm group count leaves no trace in the weights: it is
@@ -125,17 +129,55 @@ def _describe(model: AutoencoderKL) -> str:
             f"num_res_blocks={model.num_res_blocks}, latent_channels={model.latent_channels})")
 
 
+# CompVis/LDM names (`ldm.modules.diffusionmodules.model`, the original Stable Diffusion files) -> diffusers', as
+# diffusers' `convert_ldm_vae_checkpoint` renames them; the decoder's `up.i` are numbered from the top resolution.
+_LDM_RENAMES = (
+    (r"^encoder\.down\.(\d+)\.block\.", r"encoder.down_blocks.\1.resnets."),
+    (r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0."),
+    (r"\.mid\.block_1\.", ".mid_block.resnets.0."), (r"\.mid\.block_2\.", ".mid_block.resnets.1."),
+    (r"\.mid\.attn_1\.norm\.", ".mid_block.attentions.0.group_norm."),
+    (r"\.mid\.attn_1\.(q|k|v)\.", r".mid_block.attentions.0.to_\1."),
+    (r"\.mid\.attn_1\.proj_out\.", ".mid_block.attentions.0.to_out.0."),
+    (r"\.nin_shortcut\.", ".conv_shortcut."), (r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out."),
+)
+LDM_PREFIX = "first_stage_model."  # the autoencoder inside a whole Stable Diffusion checkpoint
+LDM_TRAINING_ONLY = ("loss.", "model_ema.")  # LDM's loss networks (LPIPS, discriminator) and EMA bookkeeping
+
+
+def _diffusers_keys(keys: list[str]) -> dict[str, str]:
+    """diffusers' name -> the given key, for keys in diffusers' layout, or in LDM's (with or without the
+    `first_stage_model.` prefix of a whole Stable Diffusion checkpoint, whose other keys are then left out, as are
+    LDM's training-only keys)."""
+    if any(key.startswith(LDM_PREFIX) for key in keys):
+        keys = [key for key in keys if key.startswith(LDM_PREFIX)]
+    short = {key.removeprefix(LDM_PREFIX): key for key in keys}
+    if not any(re.match(r"(encoder\.down|decoder\.up|encoder\.mid)\.", key) for key in short):
+        return short
+    up_levels = {int(match.group(1)) for key in short if (match := re.match(r"decoder\.up\.(\d+)\.", key))}
+    renamed = {}
+    for key, original in short.items():
+        if key.startswith(LDM_TRAINING_ONLY):
+            continue
+        if match := re.match(r"decoder\.up\.(\d+)\.(block|upsample)\.", key):  # deepest level first in diffusers
+            inner = "resnets" if match.group(2) == "block" else "upsamplers.0"
+            key = f"decoder.up_blocks.{len(up_levels) - 1 - int(match.group(1))}.{inner}.{key[match.end():]}"
+        for pattern, replacement in _LDM_RENAMES:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = original
+    return renamed
+
+
 def variables_from_diffusers(state_dict: Mapping[str, np.ndarray],
                              source: str = "the state dict") -> dict[str, np.ndarray]:
-    """diffusers' AutoencoderKL state dict (name -> array) -> flat float32 diffax variables (module docstring),
-    checked: every tensor is used and every variable of the architecture it describes is filled, or ValueError
-    names the diffusers keys left over and the diffax variables left empty."""
+    """diffusers' AutoencoderKL state dict (name -> array), or one in LDM's layout (`_diffusers_keys`) -> flat
+    float32 diffax variables (module docstring), checked: every tensor is used and every variable of the
+    architecture it describes is filled, or ValueError names the keys left over and the variables left empty."""
     flat, origin = {}, {}
-    for key, value in state_dict.items():
+    for key, original in _diffusers_keys(list(state_dict)).items():
         name = _diffax_name(key)
         if name in flat:
-            raise ValueError(f"{source}: {origin[name]!r} and {key!r} both map to {name}")
-        flat[name], origin[name] = _diffax_value(name, value), key
+            raise ValueError(f"{source}: {origin[name]!r} and {original!r} both map to {name}")
+        flat[name], origin[name] = _diffax_value(name, state_dict[original]), original
     model = AutoencoderKL(**autoencoder_settings(flat, source))
     unused = sorted(origin[name] for name in set(flat) - set(expected_shapes(model, _in_channels(flat))))
     if unused:

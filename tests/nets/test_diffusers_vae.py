@@ -15,7 +15,7 @@ import pytest
 from diffax import convert, weights
 from diffax.nets import build_network, diffusers_vae
 from tests.evaluation.fixtures.make_inception_fixture import random_state_dict
-from tests.nets.fixtures.make_sd_vae_fixture import SEED
+from tests.nets.fixtures.make_sd_vae_fixture import SEED, ldm_state_dict
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 TOLERANCE = 1e-5  # max |error| / max |reference|, float32 against diffusers in float64
@@ -102,6 +102,25 @@ def test_older_attention_names_and_1x1_convolution_weights_convert_alike(tiny_st
     converted, reference = (diffusers_vae.variables_from_diffusers(state) for state in (old, tiny_state))
     assert converted.keys() == reference.keys()
     assert all(np.array_equal(converted[name], reference[name]) for name in reference)
+
+
+def test_the_original_ldm_layout_converts_alike(tiny_state):
+    # ldm_state_dict renames as CompVis/LDM names the layers (checked against diffusers' LDM converter by the
+    # fixture script); a whole Stable Diffusion checkpoint prefixes them with first_stage_model. beside the UNet's.
+    reference = diffusers_vae.variables_from_diffusers(tiny_state)
+    ldm = ldm_state_dict(tiny_state)
+    # LDM's up.1 is the deepest level (diffusers' up_blocks.0, 64 -> 64: no shortcut), up.0 the top (64 -> 32).
+    assert "decoder.up.1.block.0.nin_shortcut.weight" not in ldm
+    assert ldm["decoder.up.0.block.0.nin_shortcut.weight"].shape == (32, 64, 1, 1)
+    whole_checkpoint = {**{f"first_stage_model.{key}": value for key, value in ldm.items()},
+                        "model.diffusion_model.out.0.weight": np.zeros(4), "first_stage_model.loss.logvar": np.zeros(())}
+    for state in (ldm, whole_checkpoint):
+        converted = diffusers_vae.variables_from_diffusers(state)
+        assert converted.keys() == reference.keys()
+        assert all(np.array_equal(converted[name], reference[name]) for name in reference)
+    full_size = diffusers_vae.variables_from_diffusers(ldm_state_dict(shapes_only("sd")))
+    assert diffusers_vae.autoencoder_settings(full_size) == diffusers_vae.autoencoder_settings(
+        diffusers_vae.variables_from_diffusers(shapes_only("sd")))
 
 
 @pytest.mark.parametrize("change, message", [
