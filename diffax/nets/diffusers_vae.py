@@ -1,4 +1,4 @@
-"""Public KL-autoencoder weights in diffusers' layout (the Stable Diffusion VAE) -> diffax's `AutoencoderKL`.
+"""Public KL-autoencoder weights in diffusers' or LDM's layout (the Stable Diffusion VAE) -> diffax's `AutoencoderKL`.
 
     python -m diffax.convert sd-vae diffusion_pytorch_model.safetensors sd_vae.npz
     model, variables = load_autoencoder("sd_vae.npz")
@@ -40,7 +40,7 @@ import numpy as np
 from diffax import weights
 from diffax.nets.autoencoder import AutoencoderKL
 
-SD_SCALING_FACTOR = 0.18215  # Stable Diffusion 1.x / 2.x: z = 0.18215 * E(x) has unit variance (Rombach et al.)
+SD_SCALING_FACTOR = 0.18215  # SD 1.x / 2.x: 0.18215 * E(x) has about unit variance on its training images
 NORM_GROUPS = 32
 
 # diffusers' layer name -> diffax's, for the last module of a key (after numbered containers became `name_N`).
