@@ -113,7 +113,8 @@ def test_the_original_ldm_layout_converts_alike(tiny_state):
     assert "decoder.up.1.block.0.nin_shortcut.weight" not in ldm
     assert ldm["decoder.up.0.block.0.nin_shortcut.weight"].shape == (32, 64, 1, 1)
     whole_checkpoint = {**{f"first_stage_model.{key}": value for key, value in ldm.items()},
-                        "model.diffusion_model.out.0.weight": np.zeros(4), "first_stage_model.loss.logvar": np.zeros(())}
+                        "model.diffusion_model.out.0.weight": np.zeros(4),
+                        "first_stage_model.loss.logvar": np.zeros(())}
     for state in (ldm, whole_checkpoint):
         converted = diffusers_vae.variables_from_diffusers(state)
         assert converted.keys() == reference.keys()
