@@ -32,6 +32,7 @@ import math
 import os
 import platform
 import queue
+import re
 import subprocess
 import sys
 import time
@@ -61,6 +62,9 @@ def _flags(overrides: Mapping[str, Any]) -> list[str]:
     return [f"--config.{key}={override_text(value)}" for key, value in overrides.items()]
 
 
+_ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit)\w*: ")  # A traceback's last line: "ValueError: ..."
+
+
 @dataclasses.dataclass(frozen=True)
 class Slot:
     """Where one training process runs: its CPU cores and GPUs (None: this process's own)."""
@@ -83,8 +87,9 @@ def _run_logged(command: list[str], log_path: str, slot: Slot = Slot()) -> None:
                                preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores))
     if code != 0:
         with open(log_path) as log:
-            tail = log.read().strip().splitlines()[-3:]
-        raise RuntimeError(f"exit {code}: " + " | ".join(tail))
+            lines = log.read().strip().splitlines()
+        errors = [line for line in lines[-300:] if _ERROR_LINE.match(line)]
+        raise RuntimeError(f"exit {code}: " + (errors[-1] if errors else " | ".join(lines[-3:])))
 
 
 def _newest_json(directory: str, pattern_prefix: str = "") -> dict | None:
@@ -330,8 +335,9 @@ class Runner:
         for plot in self.sweep.plots:
             figure, axes = pyplot.subplots(figsize=(6, 4))
             groups = dict.fromkeys(row.get(plot.group) for row in rows) if plot.group else {None: None}
+            categories = _categories([row.get(plot.x) for row in rows])
             for number, group in enumerate(groups):
-                points = sorted((row[plot.x], row[plot.y]) for row in rows
+                points = sorted((categories.get(row[plot.x], row[plot.x]), row[plot.y]) for row in rows
                                 if row.get(plot.y) is not None and row.get(plot.x) is not None
                                 and (plot.group is None or row.get(plot.group) == group))
                 if points:  # 20 colours and 10 markers: lines stay apart in sweeps of many groups.
@@ -339,6 +345,8 @@ class Runner:
                               label=None if group is None else str(group))
             axes.set(xlabel=plot.x, ylabel=plot.y, xscale="log" if plot.log_x else "linear",
                      yscale="log" if plot.log_y else "linear")
+            if categories:  # After the scale, which resets the ticks.
+                axes.set_xticks(list(categories.values()), list(categories))
             if plot.group:
                 axes.legend(title=plot.group, fontsize="small")
             axes.grid(alpha=0.3)
@@ -348,6 +356,12 @@ class Runner:
             pyplot.close(figure)
             paths.append(path)
         return paths
+
+
+def _categories(values: list[Any]) -> dict[str, int]:
+    """Text values of a plot's x -> their positions 0, 1, ... in the sweep's order ({} for numbers)."""
+    texts = [value for value in values if isinstance(value, str)]
+    return {text: position for position, text in enumerate(dict.fromkeys(texts))}
 
 
 def _format(value: Any) -> str:
