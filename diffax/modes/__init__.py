@@ -7,7 +7,8 @@
     edit      denoise, img2img or inpaint given images with a trained run (diffax.modes.edit)
     stats     reference feature statistics of a data set, for FID / FCD (diffax.modes.stats)
 
-A classifier run (config.task = 'classifier') has train and eval only (`TASK_MODES`).
+A classifier run (config.task = 'classifier') has train, eval and stats only, an autoencoder run train and eval
+(`TASK_MODES`).
 Modes sit on the top floor: nothing in diffax imports them but `launch.py`.
 """
 
@@ -17,7 +18,7 @@ from diffax.modes import bench, edit, evaluate, sample, stats, train
 
 MODES = {"train": train.run, "sample": sample.run, "eval": evaluate.run, "bench": bench.run, "edit": edit.run,
          "stats": stats.run}
-TASK_MODES = {"diffusion": tuple(MODES), "classifier": ("train", "eval", "stats")}
+TASK_MODES = {"diffusion": tuple(MODES), "classifier": ("train", "eval", "stats"), "autoencoder": ("train", "eval")}
 
 
 def check_mode(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:
