@@ -37,9 +37,9 @@ def get_config(variant: str = ""):
     config.train.checkpoint_every = 2000
     config.eval.batch_size = 100
     if variant == "cpu":
-        config.model.kwargs.update(channels=32, channel_mult=(1, 2, 2))
+        config.model.kwargs.update(channels=16, channel_mult=(1, 2, 2), norm_groups=8)
         autoencoder.disc_features = 32
-        autoencoder.disc_start = 1001
+        autoencoder.disc_start = 601
     elif variant == "tiny":
         config.model.kwargs.update(channels=8, channel_mult=(1, 1, 1), norm_groups=4)
         autoencoder.disc_features = 8
@@ -48,8 +48,8 @@ def get_config(variant: str = ""):
     config = base.shrink(config, variant) if variant else config
     if variant == "cpu":
         config.train.batch_size = 32
-        config.train.num_steps = 1500
+        config.train.num_steps = 1000
         config.train.log_every = 50
         config.train.checkpoint_every = 500
-        config.optim.learning_rate = 4.5e-6 * 32 * 4
+        config.optim.learning_rate = 4.5e-6 * 32 * 4  # Four times LDM's rule: a short run.
     return config

@@ -25,5 +25,6 @@ def check_mode(mode: str, config: ml_collections.ConfigDict, workdir: str) -> No
     """Raises ValueError, naming the workdir and the modes it has, when `mode` does not apply to config.task."""
     modes = TASK_MODES[config.task]
     if mode not in modes:
-        raise ValueError(f"{workdir} is a {config.task} run (config.task = {config.task!r}); --mode {mode} needs a "
-                         f"diffusion run, a {config.task} run has --mode {', '.join(modes)}")
+        run = f"{'an' if config.task[0] in 'aeiou' else 'a'} {config.task} run"
+        raise ValueError(f"{workdir} is {run} (config.task = {config.task!r}); --mode {mode} needs a diffusion run, "
+                         f"{run} has --mode {', '.join(modes)}")
