@@ -10,10 +10,10 @@ Needs ImageNet prepared once as ArrayRecord (manual download of the ImageNet arc
     python launch.py --config configs/autoencoder_kl_f8.py:tiny --workdir /tmp/ae_f8_tiny   # on a CPU, bundled data
 
 The perceptual term is MS-SSIM, which needs no weights; LDM's LPIPS is --config.autoencoder.perceptual=lpips
---config.autoencoder.lpips_weights=PATH (the .npz of `python -m diffax.convert lpips`, README). The model (84M) and its two Adam
-states fit one accelerator, so parameters are replicated; on devices with little memory shard them with
---config.mesh.fsdp=N. The cpu / tiny variants run the same loss on bundled MNIST padded to 32x32 with a tiny f = 8
-network (4x4x4 latents).
+--config.autoencoder.lpips_weights=PATH (the .npz of `python -m diffax.convert lpips`, README). The model (84M)
+and its two Adam states fit one accelerator, so parameters are replicated; on devices with little memory shard
+them with --config.mesh.fsdp=N. The cpu / tiny variants run the same loss on bundled MNIST padded to 32x32 with a
+tiny f = 8 network (4x4x4 latents).
 """
 
 from configs import base

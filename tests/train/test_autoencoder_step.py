@@ -1,6 +1,7 @@
-"""The autoencoder step (diffax/train/autoencoder_step.py) against LDM's loss written out here with full `jax.grad`s
-on configs/autoencoder_mnist.py:tiny (two levels): the KL's closed form, the adaptive weight (the ratio of the two losses'
-gradient norms at the decoder's conv_out kernel), the gradients both networks get, and the discriminator's start.
+"""The autoencoder step (diffax/train/autoencoder_step.py) against LDM's loss written out here with full
+`jax.grad`s on configs/autoencoder_mnist.py:tiny (two levels): the KL's closed form, the adaptive weight (the ratio
+of the two losses' gradient norms at the decoder's conv_out kernel), the gradients both networks get, and the
+discriminator's start.
 
 The step runs with plain SGD of rate 1 instead of the Adams, so `params - new params` is the gradient it applied.
 """
