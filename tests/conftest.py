@@ -57,3 +57,13 @@ def digits_cpu_run(tmp_path_factory, digits_data_dir) -> str:
     path = str(tmp_path_factory.mktemp("digits_cpu"))
     train(config, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def mnist5k_data_dir(tmp_path_factory) -> str:
+    """A TFDS data directory of this session with the bundled `mnist5k` prepared."""
+    from diffax.data import builders
+
+    data_dir = str(tmp_path_factory.mktemp("mnist5k_tfds"))
+    builders.prepare("mnist5k", data_dir)
+    return data_dir

@@ -234,6 +234,7 @@ def make_dataset(
     worker_count: int = 0,
     image_key: str = "image",
     label_key: str | None = "label",
+    pad_to: int | tuple[int, int] | None = None,
 ) -> DataIterator:
     """Batches of a TFDS image data set: {"image": float32 (b, H, W, C) in [-1, 1], "label": int32 (b,)}.
 
@@ -251,6 +252,7 @@ def make_dataset(
       worker_count: grain worker processes; 0 reads in this process (with threads); -1 (AUTO_WORKERS) as many as
         the host can give (`auto_worker_count`).
       image_key, label_key: feature names; label_key None for unlabelled data (labels are then 0).
+      pad_to: a side or (H, W) to zero-pad every image to, centred, after any resizing; None: no padding.
     Raises:
       FileNotFoundError: the data set is not prepared (the message says how to prepare it).
       ValueError: global_batch_size is not a multiple of shard_count, or other bad arguments.
@@ -258,8 +260,10 @@ def make_dataset(
     spec = sources.dataset_spec(
         name, split=split, data_dir=data_dir, image_size=image_size, image_key=image_key, label_key=label_key
     )
+    padded = sources.image_size_hw(pad_to)
     transform = preprocess.PreprocessImage(
-        image_size=spec.image_shape[:2], random_flip=random_flip, image_key=image_key, label_key=label_key
+        image_size=spec.image_shape[:2], random_flip=random_flip, image_key=image_key, label_key=label_key,
+        pad_to=padded if padded != spec.image_shape[:2] else None
     )
     return _make_iterator(
         sources.open_source(name, split=split, data_dir=data_dir),
