@@ -2,7 +2,7 @@
 memory of configs/autoencoder_kl_f8.py (LDM's kl-f8: 83.7M-parameter autoencoder, PatchGAN, 256x256x3) on random
 images, before and after the discriminator starts, for a few per-device batch sizes.
 
-    python benchmarks/autoencoder_step.py [--batch 12 24 48] [--steps 5]
+    python benchmarks/autoencoder_step.py [--batch 12 24 48] [--steps 5] [--perceptual none]
 
 No data set is read (the images are uniform noise in [-1, 1]); the step is the one training runs (`StepRunner`,
 one jitted step with both Adams), on all local devices (the batch is per device). Prints one JSON line per setting;
@@ -68,12 +68,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, nargs="+", default=[12, 24])
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--perceptual", default=None, help="autoencoder.perceptual (default: the recipe's); 'none' "
+                        "for the loss diffusers' peer has (benchmarks/autoencoder_peer.py)")
     args = parser.parse_args()
     from configs import autoencoder_kl_f8
 
     for batch in args.batch:
         for after_start in (False, True):
-            print(json.dumps(measure(autoencoder_kl_f8.get_config(), batch, args.steps, after_start)), flush=True)
+            config = autoencoder_kl_f8.get_config()
+            if args.perceptual is not None:
+                config.autoencoder.perceptual = args.perceptual
+            print(json.dumps({"perceptual": config.autoencoder.perceptual,
+                              **measure(config, batch, args.steps, after_start)}), flush=True)
 
 
 if __name__ == "__main__":
