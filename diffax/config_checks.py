@@ -16,13 +16,14 @@ import ml_collections
 
 from diffax import nets, objectives, sampling, schedules
 from diffax.experiment import DTYPES, TASKS, parse_shape
+from diffax.nets.embeddings import LABEL_CONDITIONINGS
 from diffax.sampling import SOLVERS
 from diffax.sampling.editing import INPAINT_ALGORITHMS
 from diffax.train.optimizer import DECAYS
 
 CHOICES = {
     "task": TASKS,
-    "model.name": nets.NETWORKS, "model.compute_dtype": DTYPES, "diffusion.schedule": schedules.SCHEDULES,
+    "model.name": nets.NETWORKS, "model.compute_dtype": DTYPES, "model.label_conditioning": LABEL_CONDITIONINGS, "diffusion.schedule": schedules.SCHEDULES,
     "diffusion.prediction": objectives.PREDICTIONS, "diffusion.noise_conditioning": objectives.NOISE_CONDITIONINGS,
     "diffusion.weighting": objectives.WEIGHTINGS, "diffusion.time_sampling": objectives.TIME_SAMPLERS,
     "optim.decay": DECAYS, "sample.method": SOLVERS, "sample.grid": schedules.TIME_GRIDS,
@@ -109,6 +110,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(0.0 <= config.model.label_dropout < 1.0, "model.label_dropout", config.model.label_dropout,
              "a probability in [0, 1)")
     _check_task(config)
+    _require(not (config.model.class_conditional and config.data.context_key), "data.context_key",
+             config.data.context_key, "'' for a class-conditional model (one condition per network: labels or an "
+             "embedding sequence)")
+    _require(config.model.label_conditioning == "embedding" or config.model.class_conditional,
+             "model.label_conditioning", config.model.label_conditioning,
+             "'embedding' unless model.class_conditional (there are no labels to read)")
 
     train = config.train
     _require(train.batch_size % train.grad_accum_steps == 0, "train.batch_size", train.batch_size,

@@ -42,23 +42,29 @@ class DataSpec:
       example_shape: (H, W, C) images or (D,) vectors.
       num_classes: label classes of the data set, or None (unlabelled).
       is_image: images in [-1, 1] (grids, uint8 output, bits/dim) rather than points.
+      context_shape: (L, E) of the embedding sequence each example carries (data.context_key), or None.
     """
 
     example_shape: tuple[int, ...]
     num_classes: int | None
     is_image: bool
+    context_shape: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"example_shape": list(self.example_shape), "num_classes": self.num_classes,
-                "is_image": self.is_image}
+                "is_image": self.is_image,
+                "context_shape": None if self.context_shape is None else list(self.context_shape)}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataSpec:
-        return cls(tuple(values["example_shape"]), values["num_classes"], bool(values["is_image"]))
+        context_shape = values.get("context_shape")  # Absent from runs saved before it existed.
+        return cls(tuple(values["example_shape"]), values["num_classes"], bool(values["is_image"]),
+                   None if context_shape is None else tuple(context_shape))
 
 
 class DataSource(Protocol):
-    """A data set by name: its spec and its batches ({"image": (b, *example_shape), "label": (b,)})."""
+    """A data set by name: its spec and its batches ({"image": (b, *example_shape), "label": (b,)}, and
+    "context": (b, L, E) when the spec has a context_shape)."""
 
     def spec(self, data: ml_collections.ConfigDict, *, require_data: bool) -> DataSpec: ...
 
@@ -72,23 +78,25 @@ class TfdsSource:
     def spec(self, data: ml_collections.ConfigDict, *, require_data: bool) -> DataSpec:
         """With require_data=False a catalogue data set that is not prepared is described by its builder's
         metadata, which needs neither the files nor TensorFlow (benchmarks on synthetic data)."""
+        context_key = data.get("context_key") or None
         try:
             spec = data_lib.dataset_spec(data.name, split=data.split, data_dir=data.data_dir,
-                                         image_size=data.image_size)
+                                         image_size=data.image_size, context_key=context_key)
         except FileNotFoundError:
             if require_data:
                 raise
             features = tfds.builder(data.name).info.features
             height, width, channels = features["image"].shape
             size = sources.image_size_hw(data.image_size) or (height, width)
-            return DataSpec((*size, channels), getattr(features["label"], "num_classes", None), True)
-        return DataSpec(tuple(spec.image_shape), spec.num_classes, True)
+            context_shape = sources.context_shape(features, data.name, context_key)
+            return DataSpec((*size, channels), getattr(features["label"], "num_classes", None), True, context_shape)
+        return DataSpec(tuple(spec.image_shape), spec.num_classes, True, spec.context_shape)
 
     def iterator(self, data, *, seed, split, global_batch_size, num_epochs, train):
         return data_lib.make_dataset(data.name, split=split, global_batch_size=global_batch_size, seed=seed,
                                      data_dir=data.data_dir, image_size=data.image_size,
                                      random_flip=data.random_flip and train, num_epochs=num_epochs,
-                                     worker_count=data.worker_count)
+                                     worker_count=data.worker_count, context_key=data.get("context_key") or None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +181,16 @@ class Experiment:
         return self.spec.example_shape
 
     @property
+    def conditioning(self) -> str | None:
+        """What the network is conditioned on: 'labels' (class-conditional), 'embeddings' (the data's embedding
+        sequences, data.context_key) or None."""
+        if self.task != "diffusion":
+            return None
+        if self.num_classes:
+            return "labels"
+        return "embeddings" if self.spec.context_shape else None
+
+    @property
     def is_image(self) -> bool:
         return self.spec.is_image
 
@@ -198,11 +216,13 @@ class Experiment:
 
     def dummy_inputs(self) -> tuple[jax.Array, ...]:
         """Zeros of the network's positional inputs, to initialize or trace it: diffusion (x (1, *example_shape),
-        noise_level (1,), cond (1,) or None); classifier (x (1, *example_shape),)."""
+        noise_level (1,), cond: labels (1,), an embedding sequence (1, L, E) or None); classifier
+        (x (1, *example_shape),)."""
         x = jnp.zeros((1, *self.example_shape), jnp.float32)
         if self.task == "classifier":
             return (x,)
-        cond = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+        cond = {"labels": jnp.zeros((1,), jnp.int32), None: None,
+                "embeddings": jnp.zeros((1, *(self.spec.context_shape or ())), jnp.float32)}[self.conditioning]
         return x, jnp.zeros((1,)), cond
 
     def init_params(self, key: jax.Array) -> Any:
@@ -224,6 +244,11 @@ def build_experiment(config: ml_collections.ConfigDict, spec: DataSpec | None = 
     overrides = dict(model_config.kwargs.to_dict())
     if num_classes:
         overrides["num_classes"] = num_classes
+        label_conditioning = model_config.get("label_conditioning", "embedding")  # Older runs: embedding.
+        if label_conditioning != "embedding" and not classifier:
+            overrides["label_conditioning"] = label_conditioning
+    if spec.context_shape and not classifier:
+        overrides["cross_attention"] = True
     try:
         model = nets.build_network(model_config.name, dtype=DTYPES[model_config.compute_dtype], **overrides)
     except TypeError as error:  # An attribute the network does not have.

@@ -234,8 +234,10 @@ def make_dataset(
     worker_count: int = 0,
     image_key: str = "image",
     label_key: str | None = "label",
+    context_key: str | None = None,
 ) -> DataIterator:
-    """Batches of a TFDS image data set: {"image": float32 (b, H, W, C) in [-1, 1], "label": int32 (b,)}.
+    """Batches of a TFDS image data set: {"image": float32 (b, H, W, C) in [-1, 1], "label": int32 (b,)}, and
+    "context": float32 (b, L, E) with a context_key.
 
     Args:
       name: a bundled data set (`digits`, `mnist5k`; prepared on first use) or any TFDS data set prepared as
@@ -251,15 +253,18 @@ def make_dataset(
       worker_count: grain worker processes; 0 reads in this process (with threads); -1 (AUTO_WORKERS) as many as
         the host can give (`auto_worker_count`).
       image_key, label_key: feature names; label_key None for unlabelled data (labels are then 0).
+      context_key: a float (L, E) feature (e.g. text-encoder outputs) passed on as "context", or None.
     Raises:
       FileNotFoundError: the data set is not prepared (the message says how to prepare it).
       ValueError: global_batch_size is not a multiple of shard_count, or other bad arguments.
     """
     spec = sources.dataset_spec(
-        name, split=split, data_dir=data_dir, image_size=image_size, image_key=image_key, label_key=label_key
+        name, split=split, data_dir=data_dir, image_size=image_size, image_key=image_key, label_key=label_key,
+        context_key=context_key,
     )
     transform = preprocess.PreprocessImage(
-        image_size=spec.image_shape[:2], random_flip=random_flip, image_key=image_key, label_key=label_key
+        image_size=spec.image_shape[:2], random_flip=random_flip, image_key=image_key, label_key=label_key,
+        context_key=context_key,
     )
     return _make_iterator(
         sources.open_source(name, split=split, data_dir=data_dir),

@@ -85,7 +85,7 @@ def write_samples(experiment: Experiment, state: TrainState, mesh: jax.sharding.
     samples = generate.generate_samples(
         experiment, params, generate.SamplerSettings.from_config(sample_config), mesh,
         num_samples=sample_config.num_samples, seed=config.seed, batch_size=sample_config.batch_size,
-        labels=generate.sample_labels(sample_config.num_samples, experiment.num_classes, sample_config.labels))
+        cond=generate.sample_conditions(experiment, sample_config.num_samples, sample_config.labels))
     path = str(epath.Path(workdir) / "samples" / f"step_{step:07d}.png")
     if jax.process_index() == 0:
         image = grid.samples_png(samples, path, experiment.is_image, columns=experiment.num_classes)
