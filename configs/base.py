@@ -15,7 +15,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.seed = 0  # Parameters, per-step randomness (fold_in(key, step)), data order, sampling noise.
     # 'diffusion', or 'classifier': an image classifier of the data's labels (configs/classifier_*.py), trained by
     # the same engine with a cross-entropy loss; its features score samples offline. The diffusion and sample
-    # sections do not apply to it.
+    # sections do not apply to it. 'autoencoder': LDM's KL autoencoder with its PatchGAN (the autoencoder section;
+    # configs/autoencoder_*.py), the first stage of latent diffusion.
     config.task = "diffusion"
 
     config.data = data = ml_collections.ConfigDict()
@@ -25,6 +26,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
     data.data_dir = ml_collections.FieldReference(None, field_type=str)
     data.image_size = ml_collections.FieldReference(None, field_type=int)  # None: the stored size.
+    # Zero-pad (black) each image, centred, to this side after any resizing (28x28 MNIST -> 32x32); None: no padding.
+    data.pad_to = ml_collections.FieldReference(None, field_type=int)
     data.random_flip = False
     # grain worker processes per host; 0: threads in the training process; -1: what the host can give, from its
     # cores and local devices (diffax.data.pipeline.auto_worker_count; 0 on the CPU backend, 14 on a 16-core host
@@ -58,6 +61,23 @@ def get_base_config() -> ml_collections.ConfigDict:
     diffusion.time_sampling = "uniform"  # uniform, discrete, log_normal, logit_normal.
     diffusion.time_kwargs = ml_collections.ConfigDict()
     diffusion.sigma_data = 0.5
+
+    # config.task = 'autoencoder' (diffax/train/autoencoder_step.py): LDM's LPIPSWithDiscriminator loss.
+    config.autoencoder = autoencoder = ml_collections.ConfigDict()
+    autoencoder.perceptual = "ms_ssim"  # A key of diffax.evaluation.perceptual.PERCEPTUAL_LOSSES: ms_ssim, lpips, none.
+    autoencoder.perceptual_weight = 1.0
+    autoencoder.lpips_weights = ""  # perceptual 'lpips': the converted VGG16 + LPIPS linear-layer weights (.npz).
+    autoencoder.kl_weight = 1e-6
+    autoencoder.logvar_init = 0.0
+    # LDM declares its log-variance a parameter but gives it to neither optimizer, so it stays at logvar_init;
+    # True trains it with the autoencoder's Adam.
+    autoencoder.learn_logvar = False
+    autoencoder.sample_posterior = True  # Decode a posterior sample in training (LDM); False: its mean.
+    autoencoder.disc_start = 50001  # The step from which the discriminator trains and the adversarial term counts.
+    autoencoder.disc_factor = 1.0
+    autoencoder.disc_weight = 0.5   # Times the adaptive weight of the generator's adversarial term.
+    autoencoder.disc_features = 64
+    autoencoder.disc_layers = 3
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.learning_rate = 2e-4

@@ -13,8 +13,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 
 from diffax import nets, objectives, sampling, schedules
+from diffax.evaluation.perceptual import PERCEPTUAL_LOSSES
 from diffax.experiment import DTYPES, TASKS, parse_shape
 from diffax.nets.embeddings import LABEL_CONDITIONINGS
 from diffax.sampling import SOLVERS
@@ -28,6 +30,7 @@ CHOICES = {
     "diffusion.weighting": objectives.WEIGHTINGS, "diffusion.time_sampling": objectives.TIME_SAMPLERS,
     "optim.decay": DECAYS, "sample.method": SOLVERS, "sample.grid": schedules.TIME_GRIDS,
     "edit.task": ("denoise", "img2img", "inpaint"), "edit.inpaint_algorithm": INPAINT_ALGORITHMS,
+    "autoencoder.perceptual": PERCEPTUAL_LOSSES,
 }
 POSITIVE = ("diffusion.sigma_data", "optim.learning_rate", "train.batch_size", "train.num_steps",
             "train.grad_accum_steps", "train.steps_per_dispatch", "train.log_every", "train.checkpoint_every",
@@ -79,11 +82,36 @@ def _check_solver_options(config: ml_collections.ConfigDict) -> None:
                          f"refuses them: {error}") from None
 
 
+def _check_autoencoder(config: ml_collections.ConfigDict) -> None:
+    """An autoencoder run: an autoencoder network (nets.AUTOENCODERS), no label conditioning, whole batches, loss
+    weights that make sense, and an LPIPS weights file that exists."""
+    model, settings = config.model, config.autoencoder
+    _require(model.name in nets.AUTOENCODERS, "model.name", model.name,
+             f"an autoencoder ({sorted(nets.AUTOENCODERS)}) for config.task = 'autoencoder'")
+    _require(not model.class_conditional, "model.class_conditional", model.class_conditional,
+             "False for config.task = 'autoencoder'")
+    _require(config.train.grad_accum_steps == 1, "train.grad_accum_steps", config.train.grad_accum_steps,
+             "1 for config.task = 'autoencoder' (its step takes whole batches)")
+    for key in ("perceptual_weight", "kl_weight", "disc_factor", "disc_weight", "disc_start"):
+        value = settings[key]
+        _require(_is_number(value) and value >= 0, f"autoencoder.{key}", value, "a non-negative number")
+    for key in ("disc_features", "disc_layers"):
+        value = settings[key]
+        _require(isinstance(value, int) and value > 0, f"autoencoder.{key}", value, "a positive integer")
+    if settings.perceptual == "lpips":
+        _require(bool(settings.lpips_weights) and epath.Path(settings.lpips_weights).exists(),
+                 "autoencoder.lpips_weights", settings.lpips_weights,
+                 "the path of an existing .npz of LPIPS weights for autoencoder.perceptual = 'lpips'")
+
+
 def _check_task(config: ml_collections.ConfigDict) -> None:
-    """A classifier run needs a classifier network (nets.CLASSIFIERS) and no label conditioning; a diffusion run
-    a score network (not a classifier, not an autoencoder of nets.AUTOENCODERS)."""
+    """A classifier run needs a classifier network (nets.CLASSIFIERS) and no label conditioning; an autoencoder run
+    an autoencoder (`_check_autoencoder`); a diffusion run a score network (not a classifier, not an autoencoder of
+    nets.AUTOENCODERS)."""
     model = config.model
-    if config.task == "classifier":
+    if config.task == "autoencoder":
+        _check_autoencoder(config)
+    elif config.task == "classifier":
         _require(model.name in nets.CLASSIFIERS, "model.name", model.name,
                  f"a classifier ({sorted(nets.CLASSIFIERS)}) for config.task = 'classifier'")
         _require(not model.class_conditional, "model.class_conditional", model.class_conditional,

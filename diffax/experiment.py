@@ -2,9 +2,11 @@
 
 The one place that reads the config's `task`, `model`, `diffusion` and `data` keys, so that every mode (train,
 sample, eval, bench) and `diffax.load_run` agree on shapes, conditioning and parameterization. A run's task is
-`diffusion` (a score network called as net(x, noise_level, cond) under a forward process) or `classifier` (an image
-classifier net(x) -> logits over the data set's labels, with no forward process: its `schedule` is None); the
-network's inputs (`Experiment.dummy_inputs`) are decided here and nowhere else.
+`diffusion` (a score network called as net(x, noise_level, cond) under a forward process), `classifier` (an image
+classifier net(x) -> logits over the data set's labels, with no forward process: its `schedule` is None) or
+`autoencoder` (LDM's KL autoencoder net(x) -> (reconstruction, posterior) of `nets.AUTOENCODERS`, trained beside a
+PatchGAN `discriminator`; no forward process either); the network's inputs (`Experiment.dummy_inputs`) and the
+trained variables (`Experiment.init_variables`) are decided here and nowhere else.
 
 Data sets are sources in `DATA_SOURCES`, a plain dict from `data.name` to a `DataSource`; a name that is not a key
 is read as a TFDS data set (the bundled ones, `digits` and `mnist5k`, are prepared on first use). A source gives
@@ -31,7 +33,7 @@ from diffax.data import sources
 from diffax.schedules import Schedule, get_schedule
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-TASKS = ("diffusion", "classifier")
+TASKS = ("diffusion", "classifier", "autoencoder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,13 +83,15 @@ class TfdsSource:
         context_key = data.get("context_key") or None
         try:
             spec = data_lib.dataset_spec(data.name, split=data.split, data_dir=data.data_dir,
-                                         image_size=data.image_size, context_key=context_key)
+                                         image_size=data.image_size, pad_to=data.get("pad_to"),
+                                         context_key=context_key)
         except FileNotFoundError:
             if require_data:
                 raise
             features = tfds.builder(data.name).info.features
             height, width, channels = features["image"].shape
-            size = sources.image_size_hw(data.image_size) or (height, width)
+            size = (sources.image_size_hw(data.get("pad_to")) or sources.image_size_hw(data.image_size)
+                    or (height, width))
             context_shape = sources.context_shape(features, data.name, context_key)
             return DataSpec((*size, channels), getattr(features["label"], "num_classes", None), True, context_shape)
         return DataSpec(tuple(spec.image_shape), spec.num_classes, True, spec.context_shape)
@@ -96,7 +100,8 @@ class TfdsSource:
         return data_lib.make_dataset(data.name, split=split, global_batch_size=global_batch_size, seed=seed,
                                      data_dir=data.data_dir, image_size=data.image_size,
                                      random_flip=data.random_flip and train, num_epochs=num_epochs,
-                                     worker_count=data.worker_count, context_key=data.get("context_key") or None)
+                                     worker_count=data.worker_count, pad_to=data.get("pad_to"),
+                                     context_key=data.get("context_key") or None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +168,7 @@ class Experiment:
       spec: the data's `DataSpec`.
       num_classes: label classes the network is conditioned on (the data's, when model.class_conditional), or
         None; for a classifier, the classes it predicts (the data's).
+      discriminator: an autoencoder's PatchGAN (`nets.PatchDiscriminator`), else None.
     """
 
     config: ml_collections.ConfigDict
@@ -170,10 +176,11 @@ class Experiment:
     schedule: Schedule | None
     spec: DataSpec
     num_classes: int | None
+    discriminator: nn.Module | None = None
 
     @property
     def task(self) -> str:
-        """'diffusion' or 'classifier' (config.task)."""
+        """'diffusion', 'classifier' or 'autoencoder' (config.task)."""
         return self.config.get("task", "diffusion")  # Runs saved before `task` existed are diffusion runs.
 
     @property
@@ -216,18 +223,31 @@ class Experiment:
 
     def dummy_inputs(self) -> tuple[jax.Array, ...]:
         """Zeros of the network's positional inputs, to initialize or trace it: diffusion (x (1, *example_shape),
-        noise_level (1,), cond: labels (1,), an embedding sequence (1, L, E) or None); classifier
+        noise_level (1,), cond: labels (1,), an embedding sequence (1, L, E) or None); classifier and autoencoder
         (x (1, *example_shape),)."""
         x = jnp.zeros((1, *self.example_shape), jnp.float32)
-        if self.task == "classifier":
+        if self.task in ("classifier", "autoencoder"):
             return (x,)
         cond = {"labels": jnp.zeros((1,), jnp.int32), None: None,
                 "embeddings": jnp.zeros((1, *(self.spec.context_shape or ())), jnp.float32)}[self.conditioning]
         return x, jnp.zeros((1,)), cond
 
     def init_params(self, key: jax.Array) -> Any:
-        """Fresh parameters (use under jit / eval_shape)."""
+        """Fresh parameters of the network (use under jit / eval_shape)."""
         return self.model.init(key, *self.dummy_inputs(), train=False)["params"]
+
+    def init_variables(self, key: jax.Array) -> tuple[Any, Any]:
+        """(params, model_state): everything the optimizer trains, and the rest the train state carries (use under
+        jit / eval_shape). Diffusion and classifier: (the network's parameters, {}). Autoencoder: ({"autoencoder":
+        the network's, "discriminator": the PatchGAN's, "logvar": () float32 config.autoencoder.logvar_init},
+        {"discriminator": the PatchGAN's BatchNorm batch_stats})."""
+        if self.task != "autoencoder":
+            return self.init_params(key), {}
+        network_key, discriminator_key = jax.random.split(key)
+        discriminator = self.discriminator.init(discriminator_key, *self.dummy_inputs(), train=False)
+        params = {"autoencoder": self.init_params(network_key), "discriminator": discriminator["params"],
+                  "logvar": jnp.asarray(self.config.autoencoder.logvar_init, jnp.float32)}
+        return params, {"discriminator": discriminator["batch_stats"]}
 
 
 def build_experiment(config: ml_collections.ConfigDict, spec: DataSpec | None = None, *,
@@ -236,7 +256,8 @@ def build_experiment(config: ml_collections.ConfigDict, spec: DataSpec | None = 
     without it the data set is read (require_data as in `TfdsSource.spec`)."""
     spec = spec or data_spec(config, require_data=require_data)
     model_config = config.model
-    classifier = config.get("task") == "classifier"
+    task = config.get("task", "diffusion")
+    classifier = task == "classifier"
     if classifier and not spec.num_classes:
         raise ValueError(f"config.task = 'classifier' needs labelled data; data set {config.data.name!r} has no "
                          f"class labels")
@@ -245,14 +266,22 @@ def build_experiment(config: ml_collections.ConfigDict, spec: DataSpec | None = 
     if num_classes:
         overrides["num_classes"] = num_classes
         label_conditioning = model_config.get("label_conditioning", "embedding")  # Older runs: embedding.
-        if label_conditioning != "embedding" and not classifier:
+        if label_conditioning != "embedding" and task == "diffusion":
             overrides["label_conditioning"] = label_conditioning
-    if spec.context_shape and not classifier:
+    if spec.context_shape and task == "diffusion":
         overrides["cross_attention"] = True
+    if task == "autoencoder":
+        overrides.setdefault("out_channels", spec.example_shape[-1])
     try:
         model = nets.build_network(model_config.name, dtype=DTYPES[model_config.compute_dtype], **overrides)
     except TypeError as error:  # An attribute the network does not have.
         raise ValueError(f"config.model.kwargs = {overrides}: {error}") from None
+    if task == "autoencoder":
+        autoencoder = config.autoencoder
+        discriminator = nets.PatchDiscriminator(features=autoencoder.disc_features,
+                                                num_layers=autoencoder.disc_layers,
+                                                dtype=DTYPES[model_config.compute_dtype])
+        return Experiment(config, model, None, spec, None, discriminator)
     diffusion = config.diffusion
     schedule = None if classifier else get_schedule(
         diffusion.schedule, shift=diffusion.shift, zero_terminal_snr=diffusion.zero_terminal_snr,

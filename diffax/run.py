@@ -9,6 +9,10 @@
     classifier = diffax.load_run("/tmp/cls_digits")          # a classifier run (configs/classifier_digits.py)
     classifier.predict(images), classifier.features(images)  # (16,) labels, (16, 128) penultimate features
 
+    autoencoder = diffax.load_run("/tmp/ae_mnist_cpu")       # an autoencoder run (configs/autoencoder_mnist.py)
+    latents = autoencoder.encode(images)                     # (N, 8, 8, 4) float32 posterior means
+    autoencoder.decode(latents), autoencoder.latent_shape    # uint8 (N, 32, 32, 1); (8, 8, 4)
+
 `sample` returns images as uint8 (N, H, W, C) in 0..255, and other data (2-D points) as float32 in the data's own
 units. Sample i of a seed is the same whatever `batch_size` and device count (`diffax.generate`). Only the chosen
 parameter set is read from the checkpoint, never the optimizer state, and the data set is never opened.
@@ -31,7 +35,7 @@ from diffax.checkpoint import Checkpointer
 from diffax.experiment import Experiment, build_experiment
 from diffax.run_config import differing_run_keys, read_run_file
 from diffax.sampling import editing
-from diffax.train.optimizer import make_optimizer
+from diffax.train.optimizer import task_optimizer
 from diffax.train.state import config_abstract_state
 
 
@@ -47,7 +51,7 @@ class TrainedRun:
 
     @functools.cached_property
     def _abstract(self):
-        return config_abstract_state(self.experiment, make_optimizer(self.config.optim, 1), self.mesh)
+        return config_abstract_state(self.experiment, task_optimizer(self.config), self.mesh)
 
     def _ema_index(self, ema: bool | int) -> int:
         """-1 for the raw parameters, else an index into config.train.ema_decays (True: the first)."""
@@ -73,6 +77,21 @@ class TrainedRun:
             restored, _ = self._checkpointer.restore(request, self.step)
             self._params[index] = restored["params"] if index == -1 else restored["ema_params"][index]
         return self._params[index]
+
+    def _map_batches(self, fn, inputs: np.ndarray, batch_size: int | None) -> np.ndarray:
+        """float32 numpy of fn(batch (b, ...) on the mesh, start index) over `inputs` (N, ...) in batches of
+        `batch_size` (default config.eval.batch_size, split over the mesh's devices), the last one padded, so `fn`
+        compiles once per batch size."""
+        batch_size = batch_size or self.config.eval.batch_size
+        parallel.check_batch_size(batch_size, self.mesh.devices.size)
+        sharding = parallel.batch_sharding(self.mesh)
+        outputs = []
+        for start in range(0, len(inputs), batch_size):
+            batch = inputs[start:start + batch_size]
+            padded = np.pad(batch, [(0, batch_size - len(batch))] + [(0, 0)] * (batch.ndim - 1))
+            out = fn(jax.device_put(padded, sharding), start)
+            outputs.append(np.asarray(parallel.to_host(out))[:len(batch)])
+        return np.concatenate(outputs).astype(np.float32)
 
     def close(self) -> None:
         self._checkpointer.close()
@@ -227,17 +246,9 @@ class ClassifierRun(TrainedRun):
         return jax.jit(forward, static_argnums=2, out_shardings=parallel.replicated(self.mesh))
 
     def _outputs(self, images: Any, return_features: bool, ema: bool | int, batch_size: int | None) -> np.ndarray:
-        images = to_model_images(images, self.experiment.example_shape)
-        batch_size = batch_size or self.config.eval.batch_size
-        parallel.check_batch_size(batch_size, self.mesh.devices.size)
-        sharding = parallel.batch_sharding(self.mesh)
-        outputs = []
-        for start in range(0, len(images), batch_size):
-            batch = images[start:start + batch_size]
-            padded = np.pad(batch, [(0, batch_size - len(batch))] + [(0, 0)] * (batch.ndim - 1))
-            out = self._forward(self.params(ema), jax.device_put(padded, sharding), return_features)
-            outputs.append(np.asarray(parallel.to_host(out))[:len(batch)])
-        return np.concatenate(outputs).astype(np.float32)
+        params = self.params(ema)
+        return self._map_batches(lambda batch, _: self._forward(params, batch, return_features),
+                                 to_model_images(images, self.experiment.example_shape), batch_size)
 
     def logits(self, images: Any, *, ema: bool | int = True, batch_size: int | None = None) -> np.ndarray:
         """float32 (N, num_classes) logits of the images, with the EMA (`TrainedRun.params`) or raw parameters."""
@@ -251,6 +262,83 @@ class ClassifierRun(TrainedRun):
         """float32 (N, feature_dim) penultimate features (`diffax.nets.classifier`), the input of the metrics of
         `diffax.evaluation.metrics` (Fréchet classifier distance, KID, precision/recall)."""
         return self._outputs(images, True, ema, batch_size)
+
+
+class AutoencoderRun(TrainedRun):
+    """A trained KL autoencoder (config.task = 'autoencoder'): images to latents and back, for latent diffusion.
+
+    Images in are what `to_model_images` takes (uint8 (N, H, W, C) in 0..255, floats in [0, 1], PIL images), or with
+    raw=True float (N, H, W, C) in [-1, 1] (the data pipeline's); images out are uint8 (N, H, W, C), or with raw=True
+    the decoder's float32 output in its [-1, 1] data space (unclipped). Latents are float32 (N, *latent_shape), as
+    the encoder makes them (no scale factor). Inputs go through the networks in batches of `batch_size` (default
+    config.eval.batch_size, split over the mesh's devices), the last padded. Parameters as `TrainedRun.params`: EMA
+    (True, the first of train.ema_decays, or an index) or raw (False).
+    """
+
+    @property
+    def downsampling_factor(self) -> int:
+        return self.experiment.model.downsampling_factor
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(H / f, W / f, latent_channels) of the run's (H, W, C) images."""
+        height, width, _ = self.experiment.example_shape
+        f = self.downsampling_factor
+        return height // f, width // f, self.experiment.model.latent_channels
+
+    @functools.cached_property
+    def _encode(self):
+        def encode(params, images, seed, start, sample):
+            posterior = self.experiment.model.apply({"params": params}, images, method="encode")
+            if not sample:
+                return posterior.mode()
+            indices = start + jax.numpy.arange(images.shape[0])
+            keys = jax.vmap(lambda index: jax.random.fold_in(jax.random.PRNGKey(seed), index))(indices)
+            noise = jax.vmap(lambda key: jax.random.normal(key, posterior.mean.shape[1:]))(keys)
+            return posterior.mean + posterior.std * noise
+
+        return jax.jit(encode, static_argnums=4, out_shardings=parallel.replicated(self.mesh))
+
+    @functools.cached_property
+    def _decode(self):
+        def decode(params, latents):
+            return self.experiment.model.apply({"params": params}, latents, method="decode")
+
+        return jax.jit(decode, out_shardings=parallel.replicated(self.mesh))
+
+    def _images_in(self, images: Any, raw: bool) -> np.ndarray:
+        if not raw:
+            return to_model_images(images, self.experiment.example_shape)
+        images = np.asarray(images, np.float32)
+        if images.shape[1:] != tuple(self.experiment.example_shape):
+            raise ValueError(f"images of shape {images.shape}: expected (N, "
+                             f"{', '.join(map(str, self.experiment.example_shape))}), the run's data")
+        return images
+
+    def encode(self, images: Any, *, sample: bool = False, seed: int = 0, ema: bool | int = True,
+               batch_size: int | None = None, raw: bool = False) -> np.ndarray:
+        """float32 latents (N, *latent_shape): the posterior's mean, or with sample=True a draw
+        z_i = mean_i + std_i * eps_i, eps_i from fold_in(PRNGKey(seed), i) (the same whatever the batch size)."""
+        params = self.params(ema)["autoencoder"]
+        return self._map_batches(lambda batch, start: self._encode(params, batch, seed, start, sample),
+                                 self._images_in(images, raw), batch_size)
+
+    def decode(self, latents: Any, *, ema: bool | int = True, batch_size: int | None = None,
+               raw: bool = False) -> np.ndarray:
+        """Images of latents (N, *latent_shape): uint8 (N, H, W, C), or raw=True float32 in [-1, 1] space."""
+        latents = np.asarray(latents, np.float32)
+        if latents.shape[1:] != self.latent_shape:
+            raise ValueError(f"latents of shape {latents.shape}: expected (N, "
+                             f"{', '.join(map(str, self.latent_shape))}), the run's latent shape")
+        params = self.params(ema)["autoencoder"]
+        images = self._map_batches(lambda batch, _: self._decode(params, batch), latents, batch_size)
+        return images if raw else generate.to_data_range(images, is_image=True)
+
+    def reconstruct(self, images: Any, *, sample: bool = False, seed: int = 0, ema: bool | int = True,
+                    batch_size: int | None = None, raw: bool = False) -> np.ndarray:
+        """decode(encode(images)): in and out in the conventions of raw (class docstring)."""
+        latents = self.encode(images, sample=sample, seed=seed, ema=ema, batch_size=batch_size, raw=raw)
+        return self.decode(latents, ema=ema, batch_size=batch_size, raw=raw)
 
 
 def _as_array(images: Any) -> np.ndarray:
@@ -296,9 +384,9 @@ def to_masks(masks: Any, count: int, example_shape: tuple[int, ...]) -> np.ndarr
 
 
 def load_run(workdir: str, step: int | None = None, *,
-             config: ml_collections.ConfigDict | None = None) -> Run | ClassifierRun:
-    """The run trained in `workdir` at checkpoint `step` (default: the newest): a `Run`, or a `ClassifierRun` for
-    config.task = 'classifier'.
+             config: ml_collections.ConfigDict | None = None) -> Run | ClassifierRun | AutoencoderRun:
+    """The run trained in `workdir` at checkpoint `step` (default: the newest): a `Run`, a `ClassifierRun` for
+    config.task = 'classifier', an `AutoencoderRun` for 'autoencoder'.
 
     config: the run's config with changes already applied (the modes pass the command line's); default: the
     config the run saved. Its `mesh` section places the parameters (default: all devices).
@@ -310,5 +398,6 @@ def load_run(workdir: str, step: int | None = None, *,
     experiment = build_experiment(config, saved[1])
     checkpointer = Checkpointer(workdir, max_to_keep=None)
     step = checkpointer.check_step(step)
-    kind = ClassifierRun if config.get("task") == "classifier" else Run  # Runs saved before `task` are diffusion.
+    kinds = {"classifier": ClassifierRun, "autoencoder": AutoencoderRun}
+    kind = kinds.get(config.get("task"), Run)  # Runs saved before `task` existed are diffusion runs.
     return kind(workdir, config, experiment, checkpointer, step, parallel.mesh_from_config(config.mesh))

@@ -30,8 +30,8 @@ from diffax.experiment import DataSpec
 RUN_FILE = "run.json"
 OPEN_SECTIONS = ("model.kwargs", "sample.options", "diffusion.schedule_kwargs", "diffusion.weighting_kwargs",
                  "diffusion.time_kwargs")
-RUN_KEYS = ("task", "model", "diffusion", "data.name", "data.split", "data.image_size", "data.toy_examples",
-            "train.ema_decays")
+RUN_KEYS = ("task", "model", "diffusion", "autoencoder.disc_features", "autoencoder.disc_layers", "data.name",
+            "data.split", "data.image_size", "data.pad_to", "data.toy_examples", "train.ema_decays")
 _PREFIX = "--config."
 
 

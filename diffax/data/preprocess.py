@@ -34,6 +34,16 @@ def center_crop_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
+def pad_to_size(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Zero-pads (black) a uint8 (H, W, C) image to `size` (height, width), centred (an odd excess puts the extra
+    row / column at the bottom / right): 28x28 MNIST -> 32x32 with 2 pixels on every side."""
+    height, width = image.shape[:2]
+    if height > size[0] or width > size[1]:
+        raise ValueError(f"image of size {height}x{width} does not fit pad_to {size[0]}x{size[1]}")
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    return np.pad(image, ((top, size[0] - height - top), (left, size[1] - width - left), (0, 0)))
+
+
 def to_unit_range(image: np.ndarray) -> np.ndarray:
     """uint8 pixels 0..255 -> float32 in [-1, 1]."""
     return image.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
@@ -45,6 +55,7 @@ class PreprocessImage(grain.transforms.RandomMap):
 
     Attributes:
       image_size: (h, w) to centre-crop and resize to, or None to keep the stored size.
+      pad_to: (h, w) to zero-pad to after that (`pad_to_size`), or None.
       random_flip: flip left-right with probability 1/2.
       image_key: the image feature's name.
       label_key: the label feature's name, or None for unlabelled data (label 0).
@@ -56,11 +67,14 @@ class PreprocessImage(grain.transforms.RandomMap):
     image_key: str = "image"
     label_key: str | None = "label"
     context_key: str | None = None
+    pad_to: tuple[int, int] | None = None
 
     def random_map(self, element: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
         image = element[self.image_key]
         if self.image_size is not None:
             image = center_crop_resize(image, self.image_size)
+        if self.pad_to is not None:
+            image = pad_to_size(image, self.pad_to)
         if self.random_flip and rng.random() < 0.5:
             image = image[:, ::-1]
         label = element[self.label_key] if self.label_key else 0

@@ -143,6 +143,7 @@ def dataset_spec(
     image_key: str = "image",
     label_key: str | None = "label",
     context_key: str | None = None,
+    pad_to: int | tuple[int, int] | None = None,
 ) -> DatasetSpec:
     """The spec of what `make_dataset` yields for these arguments, read from the data set's metadata.
 
@@ -161,6 +162,11 @@ def dataset_spec(
     size = image_size_hw(image_size) or (height, width)
     if None in (*size, channels):
         raise ValueError(f"data set {name!r} has images of varying shape {image.shape}; pass image_size")
+    padded = image_size_hw(pad_to)
+    if padded is not None:
+        if padded[0] < size[0] or padded[1] < size[1]:
+            raise ValueError(f"data set {name!r}: pad_to {pad_to!r} is smaller than its {size[0]}x{size[1]} images")
+        size = padded
     num_classes = getattr(features[label_key], "num_classes", None) if label_key else None
     num_examples = _check_split(builder, split)
     return DatasetSpec(image_shape=(*size, channels), num_classes=num_classes, num_examples=num_examples,

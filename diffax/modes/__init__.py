@@ -7,7 +7,8 @@
     edit      denoise, img2img or inpaint given images with a trained run (diffax.modes.edit)
     stats     reference feature statistics of a data set, for FID / FCD (diffax.modes.stats)
 
-A classifier run (config.task = 'classifier') has train and eval only (`TASK_MODES`).
+A classifier run (config.task = 'classifier') has train, eval and stats only, an autoencoder run train and eval
+(`TASK_MODES`).
 Modes sit on the top floor: nothing in diffax imports them but `launch.py`.
 """
 
@@ -17,12 +18,13 @@ from diffax.modes import bench, edit, evaluate, sample, stats, train
 
 MODES = {"train": train.run, "sample": sample.run, "eval": evaluate.run, "bench": bench.run, "edit": edit.run,
          "stats": stats.run}
-TASK_MODES = {"diffusion": tuple(MODES), "classifier": ("train", "eval", "stats")}
+TASK_MODES = {"diffusion": tuple(MODES), "classifier": ("train", "eval", "stats"), "autoencoder": ("train", "eval")}
 
 
 def check_mode(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:
     """Raises ValueError, naming the workdir and the modes it has, when `mode` does not apply to config.task."""
     modes = TASK_MODES[config.task]
     if mode not in modes:
-        raise ValueError(f"{workdir} is a {config.task} run (config.task = {config.task!r}); --mode {mode} needs a "
-                         f"diffusion run, a {config.task} run has --mode {', '.join(modes)}")
+        run = f"{'an' if config.task[0] in 'aeiou' else 'a'} {config.task} run"
+        raise ValueError(f"{workdir} is {run} (config.task = {config.task!r}); --mode {mode} needs a diffusion run, "
+                         f"{run} has --mode {', '.join(modes)}")

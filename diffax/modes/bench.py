@@ -34,7 +34,7 @@ from etils import epath
 from diffax import generate, parallel
 from diffax.experiment import Experiment, build_experiment, parse_shape
 from diffax.nets import forward_flops_per_example
-from diffax.train.optimizer import make_optimizer
+from diffax.train.optimizer import task_optimizer
 from diffax.train.runner import StepRunner
 from diffax.train.state import config_abstract_state, create_train_state
 from diffax.train.step import make_loss_fn
@@ -92,7 +92,7 @@ def prepare_train(experiment: Experiment, mesh, batch_size: int):
     """(compile seconds, compiled runner call, fresh state in the runner's form, synthetic batches, the runner)
     for timing or profiling."""
     config = experiment.config
-    optimizer = make_optimizer(config.optim, config.train.num_steps)
+    optimizer = task_optimizer(config)
     abstract = config_abstract_state(experiment, optimizer, mesh)
     runner = StepRunner(experiment, optimizer, mesh, abstract)
     held = runner.hold(create_train_state(experiment, optimizer, abstract, config.seed))

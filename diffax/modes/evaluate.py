@@ -13,7 +13,7 @@ The run's own config is used (WORKDIR/run.json), with the command line's eval an
 Held-out results go to WORKDIR/eval_<step>.json, sample scores to WORKDIR/eval/<step>_<sampler settings>.json
 (named like the sample files, so other settings never overwrite them), and both, as `eval/...` scalars, to
 metrics.jsonl and TensorBoard. A classifier run is evaluated by `diffax.modes.evaluate_classifier` (held-out
-accuracy).
+accuracy), an autoencoder run by `diffax.modes.evaluate_autoencoder` (reconstruction PSNR and SSIM).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from etils import epath
 
 from diffax import console, likelihood, parallel
 from diffax.experiment import Experiment, make_iterator
-from diffax.modes import evaluate_classifier
+from diffax.modes import evaluate_autoencoder, evaluate_classifier
 from diffax.modes.sample import sample_file_stem
 from diffax.modes.sample_quality import evaluate_samples
 from diffax.run import Run, load_run
@@ -114,6 +114,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     "eval/<score>/<sampler settings>": ...}, also written to metrics.jsonl and TensorBoard."""
     if config.task == "classifier":
         return evaluate_classifier.run(config, workdir)
+    if config.task == "autoencoder":
+        return evaluate_autoencoder.run(config, workdir)
     trained = load_run(workdir, config.sample.step, config=config)
     results, record = evaluate(trained, config)
     if record is not None:

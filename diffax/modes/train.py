@@ -32,9 +32,9 @@ from diffax.evaluation import grid
 from diffax.experiment import Experiment, build_experiment, make_iterator
 from diffax.run_config import read_run_file, write_run_file
 from diffax.train import metrics as metrics_lib
-from diffax.train.optimizer import make_optimizer
+from diffax.train.optimizer import task_optimizer
 from diffax.train.runner import StepRunner
-from diffax.train.state import FIELDS, TrainState, config_abstract_state, create_train_state
+from diffax.train.state import TrainState, config_abstract_state, create_train_state, restorable_fields
 
 
 class NonFiniteLossError(RuntimeError):
@@ -62,12 +62,11 @@ def restore_or_create(experiment: Experiment, mesh: jax.sharding.Mesh, checkpoin
     newest; with heal=True the newest intact one, damaged ones set aside) if the workdir has one, else a fresh
     state."""
     config = experiment.config
-    optimizer = make_optimizer(config.optim, config.train.num_steps)
+    optimizer = task_optimizer(config)
     abstract = config_abstract_state(experiment, optimizer, mesh)
     if checkpointer.latest_step() is not None:
-        request = {field: getattr(abstract, field) for field in FIELDS}
-        fields, data_state = checkpointer.restore(request, step, heal=heal and step is None)
-        state = TrainState(**fields)
+        fields, data_state = checkpointer.restore(restorable_fields(abstract), step, heal=heal and step is None)
+        state = abstract.replace(**fields)  # An empty model_state is not read: the abstract's {} stands.
         if heal:
             console.info(f"resuming from {checkpointer.directory} at step {int(jax.device_get(state.step))}")
         return state, abstract, data_state
@@ -140,7 +139,7 @@ def _loop(experiment: Experiment, mesh: jax.sharding.Mesh, checkpointer: Checkpo
     config = experiment.config
     train_config = config.train
     step = int(jax.device_get(state.step))
-    runner = StepRunner(experiment, make_optimizer(config.optim, train_config.num_steps), mesh, abstract)
+    runner = StepRunner(experiment, task_optimizer(config), mesh, abstract)
     held = runner.hold(state)  # What the runner takes and returns.
     del state
     iterator = make_iterator(config, split=config.data.split, global_batch_size=train_config.batch_size,
@@ -155,7 +154,7 @@ def _loop(experiment: Experiment, mesh: jax.sharding.Mesh, checkpointer: Checkpo
     pending: list[tuple[int, dict]] = []
     window_start, window_examples = time.time(), 0
     timed = False
-    grids = experiment.task == "diffusion"  # A classifier has no samples to show.
+    grids = experiment.task == "diffusion"  # A classifier or an autoencoder has no samples to show.
     console.info(f"training {config.model.name} from step {step} to {train_config.num_steps} on "
                  f"{mesh.devices.size} devices")
     try:

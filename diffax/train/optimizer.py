@@ -4,9 +4,16 @@
     lr(s) = lr_max * min(1, (s + 1) / warmup) * [f + (1 - f) (1 + cos(pi p)) / 2]   'cosine', p = s / num_steps,
                                                                                  f = end_learning_rate_fraction
 Clipping rescales the gradient g to g * min(1, c / ||g||_2) before Adam sees it (Pascanu et al. 2013).
+
+An autoencoder run (config.task = 'autoencoder') trains two networks with two such optimizers, as LDM does (one Adam
+for the encoder and decoder, one for the discriminator, betas (0.5, 0.9) in its recipes): `task_optimizer` labels
+the parameter tree's top-level parts and gives each its own AdamW state (`optax.multi_transform`), so one update
+applies both in one jitted step; the log-variance of the loss is frozen unless autoencoder.learn_logvar.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +21,7 @@ import ml_collections
 import optax
 
 DECAYS = ("constant", "cosine")
+AUTOENCODER_GROUPS = ("autoencoder", "discriminator")  # Top-level keys of an autoencoder run's params.
 
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
@@ -35,6 +43,23 @@ def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Gr
     """AdamW with the schedule above; the train step clips the gradient first (`clip_by_global_norm`)."""
     return optax.adamw(learning_rate_schedule(optim, num_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
                        weight_decay=optim.weight_decay)
+
+
+def task_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The optimizer of the config's task: `make_optimizer`, or for an autoencoder run one AdamW of config.optim
+    per group of `AUTOENCODER_GROUPS` over params {"autoencoder", "discriminator", "logvar"} (module docstring)."""
+    adamw = make_optimizer(config.optim, config.train.num_steps)
+    if config.get("task") != "autoencoder":
+        return adamw
+    learn_logvar = config.autoencoder.learn_logvar
+
+    def labels(params: dict[str, Any]) -> dict[str, Any]:
+        return {"autoencoder": jax.tree.map(lambda _: "autoencoder", params["autoencoder"]),
+                "discriminator": jax.tree.map(lambda _: "discriminator", params["discriminator"]),
+                "logvar": "autoencoder" if learn_logvar else "frozen"}
+
+    return optax.multi_transform({"autoencoder": adamw, "discriminator": adamw, "frozen": optax.set_to_zero()},
+                                 labels)
 
 
 def clip_by_global_norm(grads, norm: jax.Array, max_norm: float):

@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 
 from diffax import parallel
 from diffax.experiment import DTYPES, Experiment
+from diffax.train.autoencoder_step import make_autoencoder_step_fn
 from diffax.train.state import TrainState
 from diffax.train.step import Batch, Metrics, make_step_fn
 
@@ -70,7 +71,8 @@ class StepRunner:
                  abstract: TrainState):
         self.steps_per_call = experiment.config.train.steps_per_dispatch
         self._casts = declared_casts(experiment, abstract.params)
-        step = make_step_fn(experiment, optimizer, mesh)
+        step = (make_autoencoder_step_fn if experiment.task == "autoencoder" else make_step_fn)(
+            experiment, optimizer, mesh)
 
         def one_step(held, batch: Batch):
             state, copy = held

@@ -1,6 +1,6 @@
 """The train state: one pytree holding everything a step reads and writes, created directly in its shardings.
 
-    TrainState(step, params, ema_params, opt_state, key)
+    TrainState(step, params, ema_params, opt_state, key, model_state)
 
 `key` is the raw uint32 data of the run's base PRNG key; step s draws its randomness from fold_in(key, s), so a
 run resumed at step s draws exactly what the uninterrupted run drew. `ema_params` holds one exponential moving
@@ -14,6 +14,9 @@ step t (0-based)
 The warm-up forgets the random initialization within the first steps (d_0 = 0.1, d_99 ~ 0.92), so a short run's
 EMA is an average of trained parameters; it reaches d after t = (10 d - 1) / (1 - d) steps (899 for 0.99, 9989 for
 0.999), after which both rules agree.
+`model_state` holds what the step updates other than by the optimizer: {} for diffusion and classifier runs, the
+discriminator's BatchNorm statistics for an autoencoder (`Experiment.init_variables`). Checkpoints written before it
+existed hold no such field; a state whose model_state is empty does not ask for it (`restorable_fields`).
 The checkpoint holds exactly this tree (`diffax.checkpoint`).
 """
 
@@ -32,18 +35,27 @@ from jax.sharding import Mesh
 from diffax import parallel
 from diffax.experiment import Experiment
 
-FIELDS = ("step", "params", "ema_params", "opt_state", "key")
+FIELDS = ("step", "params", "ema_params", "opt_state", "key", "model_state")
 
 
 @flax.struct.dataclass
 class TrainState:
-    """step () int32; params; ema_params (one params tree per EMA decay); opt_state; key (2,) uint32 base key."""
+    """step () int32; params; ema_params (one params tree per EMA decay); opt_state; key (2,) uint32 base key;
+    model_state (non-trained variables, e.g. BatchNorm statistics; {} when none)."""
 
     step: jax.Array
     params: Any
     ema_params: tuple[Any, ...]
     opt_state: optax.OptState
     key: jax.Array
+    model_state: Any = flax.struct.field(default_factory=dict)
+
+
+def restorable_fields(abstract: TrainState) -> dict[str, Any]:
+    """{field: abstract tree} of the fields a checkpoint must hold for `abstract`: all of FIELDS but an empty
+    model_state (older checkpoints have none, and there is nothing to read)."""
+    return {field: getattr(abstract, field) for field in FIELDS
+            if field != "model_state" or jax.tree.leaves(abstract.model_state)}
 
 
 def ema_decay(decay: float, step: jax.Array | None) -> jax.Array | float:
@@ -69,9 +81,9 @@ def update_ema(ema_params: tuple[Any, ...], params: Any, decays: Sequence[float]
 def _init_fn(experiment: Experiment, optimizer: optax.GradientTransformation, num_ema: int):
     def init(seed: jax.Array) -> TrainState:
         root = jax.random.PRNGKey(seed)
-        params = experiment.init_params(jax.random.fold_in(root, 0))
+        params, model_state = experiment.init_variables(jax.random.fold_in(root, 0))
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=(params,) * num_ema,
-                          opt_state=optimizer.init(params), key=jax.random.fold_in(root, 1))
+                          opt_state=optimizer.init(params), key=jax.random.fold_in(root, 1), model_state=model_state)
 
     return init
 
