@@ -36,6 +36,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # A float (L, E) feature of each example (e.g. text-encoder outputs stored with the images) that conditions the
     # network through cross-attention, with classifier-free guidance against the zero sequence; "": none.
     data.context_key = ""
+    # Latent diffusion (diffax/latents.py): the workdir of a trained autoencoder run (config.task = 'autoencoder')
+    # whose latents the network models; "": the data itself.
+    data.autoencoder = ""
+    data.latent_scale = 0.0  # The latents' factor; 0: 1 / std of the first training latents (LDM's scale_by_std).
     data.toy_examples = 65536  # 'toy2d' only: points drawn from the mixture (with seed) as the training set.
 
     config.model = model = ml_collections.ConfigDict()

@@ -45,23 +45,33 @@ class DataSpec:
       num_classes: label classes of the data set, or None (unlabelled).
       is_image: images in [-1, 1] (grids, uint8 output, bits/dim) rather than points.
       context_shape: (L, E) of the embedding sequence each example carries (data.context_key), or None.
+      latent_scale: latent runs (data.autoencoder): the factor of the autoencoder's latents (`diffax.latents`);
+        example_shape is then the latents' and is_image says that the decoded samples are images.
+      image_shape: latent runs: (H, W, C) of the decoded images.
     """
 
     example_shape: tuple[int, ...]
     num_classes: int | None
     is_image: bool
     context_shape: tuple[int, int] | None = None
+    latent_scale: float | None = None
+    image_shape: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        def listed(shape):
+            return None if shape is None else list(shape)
+
         return {"example_shape": list(self.example_shape), "num_classes": self.num_classes,
-                "is_image": self.is_image,
-                "context_shape": None if self.context_shape is None else list(self.context_shape)}
+                "is_image": self.is_image, "context_shape": listed(self.context_shape),
+                "latent_scale": self.latent_scale, "image_shape": listed(self.image_shape)}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataSpec:
-        context_shape = values.get("context_shape")  # Absent from runs saved before it existed.
+        def shape(key):  # Absent from runs saved before the key existed.
+            return None if values.get(key) is None else tuple(values[key])
+
         return cls(tuple(values["example_shape"]), values["num_classes"], bool(values["is_image"]),
-                   None if context_shape is None else tuple(context_shape))
+                   shape("context_shape"), values.get("latent_scale"), shape("image_shape"))
 
 
 class DataSource(Protocol):
@@ -130,8 +140,12 @@ def data_source(name: str) -> DataSource:
     return DATA_SOURCES.get(name, TFDS_SOURCE)
 
 
-def data_spec(config: ml_collections.ConfigDict, *, require_data: bool = True) -> DataSpec:
-    """The spec of the config's training data; require_data as in `TfdsSource.spec`."""
+def data_spec(config: ml_collections.ConfigDict, *, require_data: bool = True, latent: bool = True) -> DataSpec:
+    """The spec of the config's training data; require_data as in `TfdsSource.spec`. A latent config's
+    (data.autoencoder) comes from `diffax.latents.latent_spec`, which reads this one with latent=False."""
+    if latent and config.data.get("autoencoder"):
+        raise ValueError(f"config.data.autoencoder = {config.data.autoencoder!r}: the spec of latent data is made by "
+                         f"diffax.latents.latent_spec (the train mode), or read from the run's run.json")
     return data_source(config.data.name).spec(config.data, require_data=require_data)
 
 
@@ -169,6 +183,8 @@ class Experiment:
       num_classes: label classes the network is conditioned on (the data's, when model.class_conditional), or
         None; for a classifier, the classes it predicts (the data's).
       discriminator: an autoencoder's PatchGAN (`nets.PatchDiscriminator`), else None.
+      latents: a latent run's codec (`diffax.latents.LatentCodec`: encode(images) -> latents and decode(latents)
+        -> images, numpy in [-1, 1]), attached by `diffax.latents.with_latents`; else None.
     """
 
     config: ml_collections.ConfigDict
@@ -177,6 +193,7 @@ class Experiment:
     spec: DataSpec
     num_classes: int | None
     discriminator: nn.Module | None = None
+    latents: Any = None
 
     @property
     def task(self) -> str:
@@ -199,7 +216,13 @@ class Experiment:
 
     @property
     def is_image(self) -> bool:
+        """Whether samples (decoded, for latent runs) are images in [-1, 1]."""
         return self.spec.is_image
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample as generated: the decoded images' for latent runs, else example_shape."""
+        return tuple(self.spec.image_shape or self.example_shape)
 
     def with_example_shape(self, shape: tuple[int, ...]) -> Experiment:
         """The same network on other inputs (e.g. latents in benchmarks)."""

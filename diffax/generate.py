@@ -176,7 +176,8 @@ def generate_samples(experiment: Experiment, params: Any, settings: SamplerSetti
                      num_samples: int, seed: int, batch_size: int, cond: np.ndarray | None = None,
                      edit: Edit | None = None, inputs: dict[str, np.ndarray] | None = None,
                      progress: bool | None = False) -> np.ndarray:
-    """Samples 0..num_samples - 1 of the draw with `seed` (N, *example) in the network's data space, in calls of
+    """Samples 0..num_samples - 1 of the draw with `seed` (N, *example) in the network's data space (decoded to
+    images (N, *image_shape) in [-1, 1] for latent runs: the one place latents become images), in calls of
     `batch_size` (the last call padded); cond: labels (N,) for class-conditional networks, embedding sequences
     (N, L, E) for networks conditioned on them (`Experiment.conditioning`). With `edit` and its `inputs`
     {name: (N, ...)} (images to edit, masks), each sample is that edit of its inputs (`make_generator`).
@@ -195,8 +196,8 @@ def generate_samples(experiment: Experiment, params: Any, settings: SamplerSetti
         indices = np.arange(start, start + batch_size, dtype=np.int32)
         chunk_cond = None if cond is None else _padded(cond[start:start + batch_size], batch_size)
         chunk_inputs = {name: _padded(value[start:start + batch_size], batch_size) for name, value in inputs.items()}
-        samples = generate(params, jnp.uint32(seed), indices, chunk_cond, chunk_inputs)
-        chunks.append(np.asarray(parallel.to_host(samples)))
+        samples = np.asarray(parallel.to_host(generate(params, jnp.uint32(seed), indices, chunk_cond, chunk_inputs)))
+        chunks.append(samples if experiment.latents is None else experiment.latents.decode(samples))
         bar.update(min(batch_size, num_samples - start))
     bar.close()
     return np.concatenate(chunks)[:num_samples]

@@ -144,9 +144,14 @@ class Run(TrainedRun):
               batch_size: int | None, raw: bool, masks: Any = None) -> np.ndarray:
         """Runs `edit` (`generate.Edit`) over images (and masks) in batches, like `sample`; without labels a
         conditional run edits with its unconditional denoiser (the null class, or the zero sequence)."""
-        inputs = {"image": to_model_images(images, self.experiment.example_shape)}
+        latents = self.experiment.latents
+        inputs = {"image": to_model_images(images, self.experiment.sample_shape)}
         if masks is not None:
-            inputs["mask"] = to_masks(masks, len(inputs["image"]), self.experiment.example_shape)
+            inputs["mask"] = to_masks(masks, len(inputs["image"]), self.experiment.sample_shape)
+        if latents is not None:  # Edit the latents (Stable Diffusion's img2img and latent inpainting).
+            inputs["image"] = latents.encode(inputs["image"])
+            if masks is not None:
+                inputs["mask"] = latent_masks(inputs["mask"], self.experiment.example_shape)
         num = len(inputs["image"])
         conditioning = self.experiment.conditioning
         if conditioning == "labels" and labels is not None:
@@ -167,6 +172,9 @@ class Run(TrainedRun):
         25.5 gray levels): steps 0 returns the posterior mean E[x | y] in one network call, steps > 0 draws from
         p(x | y) with `method` (`diffax.sampling.editing.denoise`); intermediates k > 0 returns (N, k + 1, ...):
         k states along the run, then the result."""
+        if self.experiment.latents is not None:
+            raise ValueError("denoise removes Gaussian noise of the images, which is not Gaussian noise of the "
+                             "latents: a latent run (data.autoencoder) has img2img and inpaint")
         std = 2.0 * noise_std if self.experiment.is_image else noise_std  # In the network's data space.
 
         def edit(x0_fn, inputs, noise, keys):
@@ -383,6 +391,15 @@ def to_masks(masks: Any, count: int, example_shape: tuple[int, ...]) -> np.ndarr
         raise ValueError(f"masks of shape {array.shape} do not fit {count} images of shape {shape}") from None
 
 
+def latent_masks(masks: np.ndarray, latent_shape: tuple[int, ...]) -> np.ndarray:
+    """Image masks (N, H, W, C) -> latent masks (N, h, w, c): a latent pixel is repainted where any image pixel of
+    its (H / h) x (W / w) block is."""
+    count, height, width, _ = masks.shape
+    rows, columns = height // latent_shape[0], width // latent_shape[1]
+    blocks = masks.reshape(count, latent_shape[0], rows, latent_shape[1], columns, -1).max(axis=(2, 4, 5))
+    return np.ascontiguousarray(np.broadcast_to(blocks[..., None], (count, *latent_shape)))
+
+
 def load_run(workdir: str, step: int | None = None, *,
              config: ml_collections.ConfigDict | None = None) -> Run | ClassifierRun | AutoencoderRun:
     """The run trained in `workdir` at checkpoint `step` (default: the newest): a `Run`, a `ClassifierRun` for
@@ -400,4 +417,8 @@ def load_run(workdir: str, step: int | None = None, *,
     step = checkpointer.check_step(step)
     kinds = {"classifier": ClassifierRun, "autoencoder": AutoencoderRun}
     kind = kinds.get(config.get("task"), Run)  # Runs saved before `task` existed are diffusion runs.
+    if config.data.get("autoencoder"):  # A latent run: decode samples, encode edited images.
+        from diffax.latents import with_latents  # It loads autoencoder runs with this module's load_run.
+
+        experiment = with_latents(experiment)
     return kind(workdir, config, experiment, checkpointer, step, parallel.mesh_from_config(config.mesh))

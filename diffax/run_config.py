@@ -31,7 +31,8 @@ RUN_FILE = "run.json"
 OPEN_SECTIONS = ("model.kwargs", "sample.options", "diffusion.schedule_kwargs", "diffusion.weighting_kwargs",
                  "diffusion.time_kwargs")
 RUN_KEYS = ("task", "model", "diffusion", "autoencoder.disc_features", "autoencoder.disc_layers", "data.name",
-            "data.split", "data.image_size", "data.pad_to", "data.toy_examples", "train.ema_decays")
+            "data.split", "data.image_size", "data.pad_to", "data.toy_examples", "data.context_key",
+            "data.autoencoder", "data.latent_scale", "train.ema_decays")
 _PREFIX = "--config."
 
 

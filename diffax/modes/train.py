@@ -29,7 +29,8 @@ from jax.experimental import multihost_utils
 from diffax import console, generate, parallel, signals
 from diffax.checkpoint import Checkpointer
 from diffax.evaluation import grid
-from diffax.experiment import Experiment, build_experiment, make_iterator
+from diffax.experiment import Experiment, make_iterator
+from diffax.latents import build_latent_experiment, encode_batch
 from diffax.run_config import read_run_file, write_run_file
 from diffax.train import metrics as metrics_lib
 from diffax.train.optimizer import task_optimizer
@@ -120,7 +121,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     (`diffax.signals.requested()` then says which); returns the final state."""
     train_config = config.train
     saved = read_run_file(workdir)
-    experiment = build_experiment(config, saved[1] if saved else None)
+    experiment = build_latent_experiment(config, saved[1] if saved else None)
     if jax.process_index() == 0:
         write_run_file(workdir, config, experiment.spec)
     mesh = parallel.mesh_from_config(config.mesh)
@@ -160,7 +161,7 @@ def _loop(experiment: Experiment, mesh: jax.sharding.Mesh, checkpointer: Checkpo
     try:
         with signals.handled():
             while step < train_config.num_steps:
-                local = [next(iterator) for _ in range(per_call)]
+                local = [encode_batch(experiment, next(iterator)) for _ in range(per_call)]
                 batches = parallel.global_batch({key: np.stack([b[key] for b in local]) for key in local[0]},
                                                 batch_sharding, example_axis=1)
                 held, step_metrics = runner(held, batches)
@@ -209,7 +210,7 @@ def restore_train_state(config: ml_collections.ConfigDict, workdir: str, step: i
     """(experiment, mesh, whole train state) of checkpoint `step` (default: the newest) of the run in `workdir`,
     placed on `config`'s mesh."""
     saved = read_run_file(workdir)
-    experiment = build_experiment(config, saved[1] if saved else None)
+    experiment = build_latent_experiment(config, saved[1] if saved else None)
     mesh = parallel.mesh_from_config(config.mesh)
     checkpointer = Checkpointer(workdir, max_to_keep=None)
     try:
