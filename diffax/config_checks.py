@@ -25,7 +25,8 @@ from diffax.train.optimizer import DECAYS
 
 CHOICES = {
     "task": TASKS,
-    "model.name": nets.NETWORKS, "model.compute_dtype": DTYPES, "model.label_conditioning": LABEL_CONDITIONINGS, "diffusion.schedule": schedules.SCHEDULES,
+    "model.name": nets.NETWORKS, "model.compute_dtype": DTYPES, "model.label_conditioning": LABEL_CONDITIONINGS,
+    "diffusion.schedule": schedules.SCHEDULES,
     "diffusion.prediction": objectives.PREDICTIONS, "diffusion.noise_conditioning": objectives.NOISE_CONDITIONINGS,
     "diffusion.weighting": objectives.WEIGHTINGS, "diffusion.time_sampling": objectives.TIME_SAMPLERS,
     "optim.decay": DECAYS, "sample.method": SOLVERS, "sample.grid": schedules.TIME_GRIDS,

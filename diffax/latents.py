@@ -11,13 +11,13 @@ of training, and saved with the run (run.json's data_spec), so sampling never re
 x = D(z / scale), in the one place every sampler call passes through (`diffax.generate.generate_samples`), so grids,
 sample files, `Run.sample`, edits and sample-quality scores all see images.
 
-Encoding on the fly, not cached: the images are encoded batch by batch as training reads them (`LatentCodec.encode`),
-so the data pipeline, its random flips and its resumable position stay the image pipeline's. Measured on this
-machine's CPU for configs/ldm_mnist.py:cpu (benchmarks/NOTES.md, "latent data"): see there for the share of a step
-the encoder takes against what a cache read would cost.
+Encoding on the fly, not cached: each global batch is encoded where it lies, split over the mesh like the training
+step (`LatentCodec.encode_global`), so every process encodes only its own examples and the data pipeline, its
+random flips and its resumable position stay the image pipeline's. The cost measured against a cache is in
+benchmarks/NOTES.md ("Latent data").
 
 Sits beside `diffax.run` (it loads the autoencoder with `load_run`); experiments get the codec as
-`Experiment.latents`, which the lower floors use only through its two functions.
+`Experiment.latents`, which the lower floors call only through its encode and decode functions.
 """
 
 from __future__ import annotations
@@ -25,9 +25,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from diffax import parallel
 from diffax.experiment import DataSpec, Experiment, build_experiment, data_spec, make_iterator
 from diffax.run import AutoencoderRun, load_run
 
@@ -52,32 +55,55 @@ def open_autoencoder(workdir: str) -> AutoencoderRun:
     return run
 
 
+def _encoder(autoencoder: AutoencoderRun):
+    """A jitted encode(params, images (..., H, W, C) global) -> posterior means (..., *latent_shape), computed
+    where the images lie (sharded as they are over the mesh)."""
+    model = autoencoder.experiment.model
+
+    def encode(params, images):
+        flat = images.reshape(-1, *images.shape[-3:])
+        means = model.apply({"params": params}, flat, method="encode").mode()
+        return means.reshape(*images.shape[:-3], *means.shape[1:])
+
+    return jax.jit(encode)
+
+
 @dataclasses.dataclass(frozen=True)
 class LatentCodec:
     """Images in [-1, 1] <-> scaled latents through an autoencoder run: encode(x) = scale * mean(E(x)),
-    decode(z) = D(z / scale). Both take and return float32 numpy arrays (N, ...)."""
+    decode(z) = D(z / scale)."""
 
     autoencoder: AutoencoderRun
     scale: float
 
+    @functools.cached_property
+    def _encode(self):
+        return _encoder(self.autoencoder)
+
+    def encode_global(self, images: jax.Array) -> jax.Array:
+        """Global images (..., H, W, C) (a training or held-out batch, split over the mesh) -> their scaled latents,
+        split the same way: every process encodes its own examples, on its devices."""
+        return self.scale * self._encode(self.autoencoder.params()["autoencoder"], images)
+
     def encode(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, C) images in [-1, 1] -> (N, *latent_shape) scaled latents."""
+        """Images (N, H, W, C) in [-1, 1], the same on every process -> scaled latents (N, *latent_shape), numpy."""
         return self.scale * self.autoencoder.encode(images, raw=True)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        """(N, *latent_shape) scaled latents -> (N, H, W, C) images in [-1, 1] (the decoder's, unclipped)."""
+        """Scaled latents (N, *latent_shape), numpy -> images (N, H, W, C) in [-1, 1] (the decoder's, unclipped)."""
         return self.autoencoder.decode(np.asarray(latents, np.float32) / self.scale, raw=True)
 
 
 def latent_scale(config: ml_collections.ConfigDict, autoencoder: AutoencoderRun) -> float:
     """data.latent_scale if positive, else 1 / std of the unscaled latents of the first SCALE_EXAMPLES images of
-    data.split in the training order (LDM's scale_by_std on its first batch)."""
+    data.split in the training order (LDM's scale_by_std on its first batch), the same on every process."""
     if config.data.get("latent_scale", 0.0) > 0:
         return float(config.data.latent_scale)
-    images = next(make_iterator(config, split=config.data.split, global_batch_size=SCALE_EXAMPLES,
-                                seed=config.seed, train=False))["image"]
-    latents = autoencoder.encode(images, raw=True)
-    return float(1.0 / np.std(latents.astype(np.float64)))
+    iterator = make_iterator(config, split=config.data.split, global_batch_size=SCALE_EXAMPLES, seed=config.seed,
+                             train=False)
+    images = parallel.global_batch({"image": next(iterator)["image"]}, parallel.batch_sharding(autoencoder.mesh))
+    latents = _encoder(autoencoder)(autoencoder.params()["autoencoder"], images["image"])
+    return float(1.0 / jnp.std(latents.astype(jnp.float32)))
 
 
 def latent_spec(config: ml_collections.ConfigDict) -> DataSpec:
@@ -111,9 +137,9 @@ def build_latent_experiment(config: ml_collections.ConfigDict, spec: DataSpec | 
     return with_latents(build_experiment(config, spec))
 
 
-def encode_batch(experiment: Experiment, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A data batch with its images replaced by their scaled latents (latent runs; others unchanged)."""
+def encode_batch(experiment: Experiment, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """A global data batch (`diffax.parallel.global_batch`) with its images replaced by their scaled latents
+    (latent runs; others unchanged)."""
     if experiment.latents is None:
         return batch
-    return {**batch, "image": experiment.latents.encode(batch["image"])}
-
+    return {**batch, "image": experiment.latents.encode_global(batch["image"])}

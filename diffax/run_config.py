@@ -1,7 +1,9 @@
 """A run's config: the file a trained run keeps, command-line overrides, and what a loaded run lets you change.
 
     WORKDIR/run.json   {"config": the resolved config of the run, "data_spec": {"example_shape": [...],
-                        "num_classes": int or null, "is_image": bool}, "diffax_version": "..."}
+                        "num_classes": int or null, "is_image": bool, "context_shape": [L, E] or null,
+                        "latent_scale": float or null, "image_shape": [...] or null} (`DataSpec`),
+                        "diffax_version": "..."}
 
 Training writes run.json before its first step. Every mode after training and `diffax.load_run` read it: they
 build the network the run trained, whatever config file the command line names, and never open the data set.

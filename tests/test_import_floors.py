@@ -1,4 +1,5 @@
-"""The import graph goes one way: math <- kernels, nets, data <- experiment <- train <- run, latents <- modes <- launch.py.
+"""The import graph goes one way: math <- kernels, nets, data <- experiment <- train <- run, latents <- modes <-
+launch.py.
 
 Read from the source with `ast` (every import, also those inside functions): a module may import modules of its
 own floor or lower ones, never a higher floor.

@@ -3,8 +3,9 @@ raw and every EMA parameter set, and the quality of its samples.
 
     loss          (eval.loss) the training objective on eval.num_batches batches of data.eval_split, with noise
                   and times drawn from PRNGKey(seed) per batch (the same draws for every parameter set)
-    bits_per_dim  (pixel images, not latents; eval.bits_per_dim) the probability-flow ODE likelihood of eval.bpd_examples held-out
-                  images, uniformly dequantized (diffax.likelihood), with the unconditional denoiser
+    bits_per_dim  (pixel images, not latents; eval.bits_per_dim) the probability-flow ODE likelihood of
+                  eval.bpd_examples held-out images, uniformly dequantized (diffax.likelihood), with the
+                  unconditional denoiser
     samples       eval.num_samples samples with the config's sampler settings and EMA (sample.*), scored by
                   FCD / FID, KID, precision/recall, density/coverage, or exactly on mixtures
                   (`diffax.modes.sample_quality`)
@@ -56,7 +57,7 @@ def heldout_loss(experiment: Experiment, parameter_sets: dict[str, Any], mesh) -
     totals = dict.fromkeys(parameter_sets, 0.0)
     sharding = parallel.batch_sharding(mesh)
     for index in range(config.eval.num_batches):
-        batch = parallel.global_batch(encode_batch(experiment, next(iterator)), sharding)
+        batch = encode_batch(experiment, parallel.global_batch(next(iterator), sharding))
         key = jax.random.fold_in(jax.random.PRNGKey(config.seed), index)
         for name, params in parameter_sets.items():
             totals[name] += float(parallel.to_host(batch_loss(params, batch, key)))

@@ -161,9 +161,9 @@ def _loop(experiment: Experiment, mesh: jax.sharding.Mesh, checkpointer: Checkpo
     try:
         with signals.handled():
             while step < train_config.num_steps:
-                local = [encode_batch(experiment, next(iterator)) for _ in range(per_call)]
-                batches = parallel.global_batch({key: np.stack([b[key] for b in local]) for key in local[0]},
-                                                batch_sharding, example_axis=1)
+                local = [next(iterator) for _ in range(per_call)]
+                batches = encode_batch(experiment, parallel.global_batch(
+                    {key: np.stack([b[key] for b in local]) for key in local[0]}, batch_sharding, example_axis=1))
                 held, step_metrics = runner(held, batches)
                 pending.append((step, step_metrics))
                 step += per_call
