@@ -1,6 +1,6 @@
-"""Conditioning through cross-attention: class labels as a learned one-token context (LDM's class-conditional
-recipe) and embedding sequences read from the data (data.context_key), each with its null for label dropout and
-classifier-free guidance."""
+"""Conditioning through cross-attention on embedding sequences read from the data (data.context_key), with the zero
+sequence as the null of label dropout and classifier-free guidance; bad conditioning configs. Class labels read
+through cross-attention (LDM's recipe) are tested on the LDM run, tests/train/test_ldm.py."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from diffax.data import builders
-from train_helpers import tiny_digits
+from train_helpers import perturbed, tiny_digits
 
 CONTEXT_SHAPE = (3, 6)
 
@@ -42,13 +42,6 @@ def embeddings_data(tmp_path_factory):
     del builders.BUNDLED["digits_embeddings"]
 
 
-def perturbed(params):
-    """params + N(0, 0.05^2) noise."""
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(3), len(leaves))
-    return tree.unflatten([leaf + 0.05 * jax.random.normal(key, leaf.shape) for leaf, key in zip(leaves, keys)])
-
-
 def label_context_config(**overrides):
     return tiny_digits(**{"model.label_conditioning": "cross_attention", **overrides})
 
@@ -56,34 +49,6 @@ def label_context_config(**overrides):
 def embeddings_config(data_dir, **overrides):
     return tiny_digits(**{"data.name": "digits_embeddings", "data.data_dir": data_dir, "data.context_key":
                           "embedding", "model.class_conditional": False, **overrides})
-
-
-def test_labels_reach_the_network_through_the_context_and_guide_against_the_null_class(tfds_dir):
-    """Training and sampling such a network end to end: tests/test_ldm.py (the LDM recipe's class conditioning)."""
-    from diffax.experiment import build_experiment
-    from diffax.generate import make_denoiser
-
-    experiment = build_experiment(label_context_config(**{"data.data_dir": tfds_dir}))
-    params = jax.jit(experiment.init_params)(jax.random.key(0))
-    assert params["label_context"]["Embed_0"]["embedding"].shape == (11, 64)  # num_classes + 1 rows, 4 x 16 wide.
-    assert "Embed_0" not in params["embedding"]  # No label table in the time embedding.
-    params = perturbed(params)  # A fresh init's zero output layers hide what the attention reads.
-
-    @jax.jit
-    def outputs(params, x, t, labels):
-        x0_fn = experiment.x0_fn(params)
-        return (x0_fn(x, t, labels), x0_fn(x, t, labels.at[0].add(1)), x0_fn(x, t, None),
-                x0_fn(x, t, jnp.full_like(labels, 10)), make_denoiser(experiment, params, labels, 1.0)(x, t),
-                make_denoiser(experiment, params, labels, 3.0)(x, t))
-
-    x, t = jax.random.normal(jax.random.key(2), (2, 8, 8, 1)), jnp.array([0.3, 0.6])
-    conditional, other_label, unconditional, null, scale_1, scale_3 = outputs(params, x, t, jnp.array([3, 7]))
-    assert float(jnp.abs(other_label[0] - conditional[0]).max()) > 1e-4
-    np.testing.assert_array_equal(other_label[1], conditional[1])
-    # The unconditional call is the null class (the table's last row), the condition label dropout trains.
-    np.testing.assert_allclose(unconditional, null, rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(scale_1, conditional)
-    np.testing.assert_allclose(scale_3, null + 3.0 * (conditional - null), rtol=1e-5, atol=1e-5)
 
 
 def test_dropped_embedding_sequences_are_the_zero_context():
@@ -98,55 +63,42 @@ def test_dropped_embedding_sequences_are_the_zero_context():
     np.testing.assert_array_equal(null_condition(context[:2], None), np.zeros((2, *CONTEXT_SHAPE)))
 
 
-def test_embedding_run_trains_on_the_data_sequences_and_guides_against_zeros(embeddings_data, tmp_path):
+def test_embedding_sequences_from_the_data_condition_the_loss_and_guide_against_zeros(embeddings_data):
+    """(A trained run conditioned through cross-attention, on labels: tests/train/test_ldm.py.)"""
     from diffax.experiment import build_experiment, make_iterator
     from diffax.generate import make_denoiser, sample_conditions
-    from diffax.modes.train import train
-    from diffax.run import load_run
     from diffax.train.step import make_loss_fn
 
-    config = embeddings_config(embeddings_data, **{"train.num_steps": 2})
+    config = embeddings_config(embeddings_data)
     batch = next(make_iterator(config, split="train", global_batch_size=8, seed=0))
     assert batch["context"].shape == (8, *CONTEXT_SHAPE) and batch["context"].dtype == np.float32
 
     # Label dropout p -> 1 trains the zero context: the training loss equals the loss on zeroed sequences.
     experiment = build_experiment(embeddings_config(embeddings_data, **{"model.label_dropout": 1 - 1e-7}))
     assert experiment.conditioning == "embeddings" and experiment.spec.context_shape == CONTEXT_SHAPE
-    params = perturbed(experiment.init_params(jax.random.key(0)))
+    params = perturbed(jax.eval_shape(experiment.init_params, jax.random.key(0)), scale=0.2, zeros=True)
     loss_fn = make_loss_fn(experiment)
-
-    @jax.jit
-    def losses(params, batch, key):
-        zeroed = {**batch, "context": jnp.zeros_like(batch["context"])}
-        return (loss_fn(params, batch, key, True)[0], loss_fn(params, zeroed, key, False)[0],
-                loss_fn(params, batch, key, False)[0])
-
-    dropped, on_zeros, kept = losses(params, batch, jax.random.key(4))
-    np.testing.assert_allclose(dropped, on_zeros, rtol=1e-6)
-    assert abs(float(kept - on_zeros)) > 1e-6
-
-    train(config, str(tmp_path))
-    run = load_run(str(tmp_path))
-    assert run.experiment.spec.context_shape == CONTEXT_SHAPE  # Stored in run.json.
     context = batch["context"][:4]
-    assert run.sample(4, context=context).shape == (4, 8, 8, 1)  # The training grid's sampler: guidance 2.
-    heldout = next(make_iterator(config, split="test", global_batch_size=4, seed=0, train=False))["context"]
-    np.testing.assert_array_equal(sample_conditions(run.experiment, 4), heldout)  # The default of `sample`.
+    x, t = jax.random.normal(jax.random.key(5), (4, 8, 8, 1)), jnp.full((4,), 0.4)
 
     @jax.jit
-    def outputs(params, x, t, context):
-        x0_fn = run.experiment.x0_fn(params)
-        return (x0_fn(x, t, context), x0_fn(x, t, jnp.zeros_like(context)),
-                make_denoiser(run.experiment, params, context, 1.0)(x, t),
-                make_denoiser(run.experiment, params, context, 2.0)(x, t))
+    def outputs(params, batch, key):  # Each network call compiles apart: batch what can be batched.
+        zeroed = {**batch, "context": jnp.zeros_like(batch["context"])}
+        x0_fn = experiment.x0_fn(params)
+        both = x0_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+                     jnp.concatenate([context, jnp.zeros_like(context)]))
+        return (loss_fn(params, batch, key, True)[0], loss_fn(params, zeroed, key, False)[0], both[:4], both[4:],
+                make_denoiser(experiment, params, context, 2.0)(x, t))
 
-    x, t = jax.random.normal(jax.random.key(5), (4, 8, 8, 1)), jnp.full((4,), 0.4)
-    conditional, null, scale_1, scale_2 = outputs(perturbed(run.params()), x, t, context)
-    np.testing.assert_array_equal(scale_1, conditional)
-    np.testing.assert_allclose(scale_2, null + 2.0 * (conditional - null), rtol=1e-5, atol=1e-5)
+    dropped, on_zeros, conditional, null, scale_2 = outputs(params, batch, jax.random.key(4))
+    np.testing.assert_allclose(dropped, on_zeros, rtol=1e-6)
     assert float(jnp.abs(conditional - null).max()) > 1e-4
-    with pytest.raises(ValueError, match="conditioned on embeddings: pass context"):
-        run.denoiser()
+    np.testing.assert_allclose(scale_2, null + 2.0 * (conditional - null), rtol=1e-5, atol=1e-5)
+    # Samples are conditioned on the first held-out sequences unless given others.
+    heldout = next(make_iterator(config, split="test", global_batch_size=4, seed=0, train=False))["context"]
+    np.testing.assert_array_equal(sample_conditions(experiment, 4), heldout)
+    with pytest.raises(ValueError, match=r"contexts of shape \(2, 3, 6\): expected \(4, 3, 6\)"):
+        sample_conditions(experiment, 4, contexts=heldout[:2])
 
 
 def test_bad_conditioning_configs_are_named(embeddings_data):

@@ -5,30 +5,12 @@ import dataclasses
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-
-@pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory):
-    from diffax.data import builders
-
-    path = str(tmp_path_factory.mktemp("mnist_tfds"))
-    builders.prepare("mnist5k", path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def autoencoder_run(tmp_path_factory, mnist_dir):
-    """A configs/autoencoder_mnist.py:tiny run (4 steps)."""
-    from configs import autoencoder_mnist
-    from diffax.modes.train import train
-
-    config = autoencoder_mnist.get_config("tiny")
-    config.data.data_dir = mnist_dir
-    path = str(tmp_path_factory.mktemp("ae_tiny"))
-    train(config, path)
-    return path
+from train_helpers import perturbed
 
 
 def ldm_config(autoencoder: str, data_dir: str):
@@ -40,15 +22,15 @@ def ldm_config(autoencoder: str, data_dir: str):
 
 
 @pytest.fixture(scope="module")
-def ldm_run(tmp_path_factory, autoencoder_run, mnist_dir):
+def ldm_run(tmp_path_factory, tiny_autoencoder_run, mnist_tfds_dir):
     from diffax.modes.train import train
 
     path = str(tmp_path_factory.mktemp("ldm_tiny"))
-    train(ldm_config(autoencoder_run, mnist_dir), path)
+    train(ldm_config(tiny_autoencoder_run, mnist_tfds_dir), path)
     return path
 
 
-def test_ldm_recipe_trains_on_unit_std_latents_and_samples_images(ldm_run, autoencoder_run):
+def test_ldm_recipe_trains_on_unit_std_latents_and_samples_images(ldm_run, tiny_autoencoder_run):
     from diffax import generate
     from diffax.experiment import make_iterator
     from diffax.latents import encode_batch, open_autoencoder
@@ -56,7 +38,7 @@ def test_ldm_recipe_trains_on_unit_std_latents_and_samples_images(ldm_run, autoe
 
     with open(os.path.join(ldm_run, "run.json")) as file:
         spec = json.load(file)["data_spec"]
-    autoencoder = open_autoencoder(autoencoder_run)
+    autoencoder = open_autoencoder(tiny_autoencoder_run)
     assert spec["example_shape"] == [8, 8, 4] == list(autoencoder.latent_shape)
     assert spec["image_shape"] == [32, 32, 1]
     run = load_run(ldm_run)
@@ -84,12 +66,39 @@ def test_ldm_recipe_trains_on_unit_std_latents_and_samples_images(ldm_run, autoe
         run.denoise(edited, 0.1)
 
 
-def test_latent_configs_name_a_missing_or_wrong_autoencoder(tmp_path, ldm_run, mnist_dir):
+def test_latent_configs_name_a_missing_or_wrong_autoencoder(tmp_path, ldm_run, mnist_tfds_dir):
     from diffax.latents import latent_spec
 
     missing = str(tmp_path / "nothing_here")
     with pytest.raises(FileNotFoundError, match=f"config.data.autoencoder = '{missing}'"):
-        latent_spec(ldm_config(missing, mnist_dir))
+        latent_spec(ldm_config(missing, mnist_tfds_dir))
     with pytest.raises(ValueError, match=f"config.data.autoencoder = '{ldm_run}' holds a diffusion run, not an "
                                          f"autoencoder run"):
-        latent_spec(ldm_config(ldm_run, mnist_dir))
+        latent_spec(ldm_config(ldm_run, mnist_tfds_dir))
+
+
+def test_labels_reach_the_network_through_the_context_and_guide_against_the_null_class(ldm_run):
+    from diffax.generate import make_denoiser
+    from diffax.run import load_run
+
+    run = load_run(ldm_run)
+    experiment, params = run.experiment, run.params()
+    assert params["label_context"]["Embed_0"]["embedding"].shape == (11, 64)  # num_classes + 1 rows, 4 x 16 wide.
+    assert "Embed_0" not in params["embedding"]  # No label table in the time embedding.
+    params = perturbed(params)  # Four steps from zero output layers hardly read the attention.
+
+    @jax.jit
+    def outputs(params, x, t, labels):  # Each network call compiles apart: batch what can be batched.
+        x0_fn = experiment.x0_fn(params)
+        others = jnp.concatenate([labels, labels.at[0].add(1), jnp.full_like(labels, 10)])
+        return (x0_fn(jnp.tile(x, (3, 1, 1, 1)), jnp.tile(t, 3), others).reshape(3, *x.shape), x0_fn(x, t, None),
+                make_denoiser(experiment, params, labels, 1.0)(x, t), make_denoiser(experiment, params, labels, 3.0)(x, t))
+
+    x, t = jax.random.normal(jax.random.key(2), (2, 8, 8, 4)), jnp.array([0.3, 0.6])
+    (conditional, other_label, null), unconditional, scale_1, scale_3 = outputs(params, x, t, jnp.array([3, 7]))
+    assert float(jnp.abs(other_label[0] - conditional[0]).max()) > 1e-4
+    np.testing.assert_allclose(other_label[1], conditional[1], rtol=1e-6, atol=1e-6)
+    # The unconditional call is the null class (the table's last row), the condition label dropout trains.
+    np.testing.assert_allclose(unconditional, null, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(scale_1, conditional, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(scale_3, null + 3.0 * (conditional - null), rtol=1e-5, atol=1e-5)
