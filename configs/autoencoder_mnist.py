@@ -39,7 +39,7 @@ def get_config(variant: str = ""):
     if variant == "cpu":
         config.model.kwargs.update(channels=16, channel_mult=(1, 2, 2), norm_groups=8)
         autoencoder.disc_features = 32
-        autoencoder.disc_start = 601
+        autoencoder.disc_start = 401
     elif variant == "tiny":
         config.model.kwargs.update(channels=8, channel_mult=(1, 1, 1), norm_groups=4)
         autoencoder.disc_features = 8
@@ -47,9 +47,9 @@ def get_config(variant: str = ""):
         autoencoder.disc_start = 2  # The tiny run's 4 steps cross it.
     config = base.shrink(config, variant) if variant else config
     if variant == "cpu":
-        config.train.batch_size = 32
-        config.train.num_steps = 1000
+        config.train.batch_size = 16
+        config.train.num_steps = 600
         config.train.log_every = 50
-        config.train.checkpoint_every = 500
-        config.optim.learning_rate = 4.5e-6 * 32 * 4  # Four times LDM's rule: a short run.
+        config.train.checkpoint_every = 300
+        config.optim.learning_rate = 4.5e-6 * 16 * 8  # Eight times LDM's rule: a short run.
     return config
