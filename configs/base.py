@@ -40,6 +40,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # whose latents the network models; "": the data itself.
     data.autoencoder = ""
     data.latent_scale = 0.0  # The latents' factor; 0: 1 / std of the first training latents (LDM's scale_by_std).
+    # Encode data.split once into host memory and train on those latents (faster where they fit; no random flips);
+    # False: encode each batch on the fly.
+    data.latent_cache = False
     data.toy_examples = 65536  # 'toy2d' only: points drawn from the mixture (with seed) as the training set.
 
     config.model = model = ml_collections.ConfigDict()

@@ -18,6 +18,7 @@ def get_config(variant: str = ""):
     config.data.name = "mnist5k"
     config.data.pad_to = 32  # The autoencoder's images (configs/autoencoder_mnist.py).
     config.data.autoencoder = {"cpu": "/tmp/ae_mnist_cpu"}.get(variant, "/tmp/ae_mnist")
+    config.data.latent_cache = True  # 4,500 latents of 8x8x4 in memory (benchmarks/NOTES.md, "Latent data").
     config.model.name = "unet"
     config.model.kwargs.update(channels=64, channel_mult=(1, 2), num_res_blocks=2, attention_levels=(0, 1),
                                head_channels=32, dropout=0.1)
@@ -52,7 +53,8 @@ def get_config(variant: str = ""):
         config.optim.warmup_steps = 100
         config.optim.learning_rate = 1e-3
         config.sample.num_samples = config.sample.batch_size = 40
-    else:  # tiny: the tests' plumbing check; data.autoencoder is set by the caller.
+    else:  # tiny: the tests' plumbing check (on-the-fly encoding); data.autoencoder is set by the caller.
+        config.data.latent_cache = False
         config.model.kwargs.update(channels=16, channel_mult=(1,), num_res_blocks=1, attention_levels=(),
                                    head_channels=None, dropout=0.0)
     return config

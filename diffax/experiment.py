@@ -48,6 +48,8 @@ class DataSpec:
       latent_scale: latent runs (data.autoencoder): the factor of the autoencoder's latents (`diffax.latents`);
         example_shape is then the latents' and is_image says that the decoded samples are images.
       image_shape: latent runs: (H, W, C) of the decoded images.
+      autoencoder_step: latent runs: the autoencoder checkpoint whose encoder made the latents (the one its
+        decoder then uses, whatever that run trains on to).
     """
 
     example_shape: tuple[int, ...]
@@ -56,6 +58,7 @@ class DataSpec:
     context_shape: tuple[int, int] | None = None
     latent_scale: float | None = None
     image_shape: tuple[int, ...] | None = None
+    autoencoder_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def listed(shape):
@@ -63,7 +66,8 @@ class DataSpec:
 
         return {"example_shape": list(self.example_shape), "num_classes": self.num_classes,
                 "is_image": self.is_image, "context_shape": listed(self.context_shape),
-                "latent_scale": self.latent_scale, "image_shape": listed(self.image_shape)}
+                "latent_scale": self.latent_scale, "image_shape": listed(self.image_shape),
+                "autoencoder_step": self.autoencoder_step}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataSpec:
@@ -71,7 +75,8 @@ class DataSpec:
             return None if values.get(key) is None else tuple(values[key])
 
         return cls(tuple(values["example_shape"]), values["num_classes"], bool(values["is_image"]),
-                   shape("context_shape"), values.get("latent_scale"), shape("image_shape"))
+                   shape("context_shape"), values.get("latent_scale"), shape("image_shape"),
+                   values.get("autoencoder_step"))
 
 
 class DataSource(Protocol):

@@ -2,7 +2,8 @@
 
     WORKDIR/run.json   {"config": the resolved config of the run, "data_spec": {"example_shape": [...],
                         "num_classes": int or null, "is_image": bool, "context_shape": [L, E] or null,
-                        "latent_scale": float or null, "image_shape": [...] or null} (`DataSpec`),
+                        "latent_scale": float or null, "image_shape": [...] or null, "autoencoder_step": int
+                        or null} (`DataSpec`),
                         "diffax_version": "..."}
 
 Training writes run.json before its first step. Every mode after training and `diffax.load_run` read it: they

@@ -29,8 +29,8 @@ from jax.experimental import multihost_utils
 from diffax import console, generate, parallel, signals
 from diffax.checkpoint import Checkpointer
 from diffax.evaluation import grid
-from diffax.experiment import Experiment, make_iterator
-from diffax.latents import build_latent_experiment, encode_batch
+from diffax.experiment import Experiment
+from diffax.latents import build_latent_experiment, training_data
 from diffax.run_config import read_run_file, write_run_file
 from diffax.train import metrics as metrics_lib
 from diffax.train.optimizer import task_optimizer
@@ -143,8 +143,7 @@ def _loop(experiment: Experiment, mesh: jax.sharding.Mesh, checkpointer: Checkpo
     runner = StepRunner(experiment, task_optimizer(config), mesh, abstract)
     held = runner.hold(state)  # What the runner takes and returns.
     del state
-    iterator = make_iterator(config, split=config.data.split, global_batch_size=train_config.batch_size,
-                             seed=config.seed)
+    iterator, to_inputs = training_data(experiment, global_batch_size=train_config.batch_size, seed=config.seed)
     if data_state is not None:
         iterator.set_state(data_state)
     batch_sharding = parallel.batch_sharding(mesh, leading_axes=1)
@@ -162,8 +161,8 @@ def _loop(experiment: Experiment, mesh: jax.sharding.Mesh, checkpointer: Checkpo
         with signals.handled():
             while step < train_config.num_steps:
                 local = [next(iterator) for _ in range(per_call)]
-                batches = encode_batch(experiment, parallel.global_batch(
-                    {key: np.stack([b[key] for b in local]) for key in local[0]}, batch_sharding, example_axis=1))
+                stacked = {key: np.stack([b[key] for b in local]) for key in local[0]}
+                batches = to_inputs(parallel.global_batch(stacked, batch_sharding, example_axis=1))
                 held, step_metrics = runner(held, batches)
                 pending.append((step, step_metrics))
                 step += per_call

@@ -41,6 +41,7 @@ def test_ldm_recipe_trains_on_unit_std_latents_and_samples_images(ldm_run, tiny_
     autoencoder = open_autoencoder(tiny_autoencoder_run)
     assert spec["example_shape"] == [8, 8, 4] == list(autoencoder.latent_shape)
     assert spec["image_shape"] == [32, 32, 1]
+    assert spec["autoencoder_step"] == autoencoder.step == 4
     run = load_run(ldm_run)
     assert run.experiment.spec.latent_scale == spec["latent_scale"] > 0
     # scale_by_std: the training latents have unit standard deviation.
@@ -64,6 +65,16 @@ def test_ldm_recipe_trains_on_unit_std_latents_and_samples_images(ldm_run, tiny_
     assert edited.shape == (4, 32, 32, 1) and edited.dtype == np.uint8
     with pytest.raises(ValueError, match="latent run .* img2img and inpaint"):
         run.denoise(edited, 0.1)
+
+
+def test_the_latent_cache_holds_every_training_example_once(ldm_run):
+    from diffax.latents import cache_latents
+    from diffax.run import load_run
+
+    cached = cache_latents(load_run(ldm_run).experiment)
+    assert cached["image"].shape == (4500, 8, 8, 4)  # mnist5k's train split, nothing dropped.
+    np.testing.assert_array_equal(np.bincount(cached["label"]), np.full(10, 450))
+    assert abs(float(np.std(cached["image"])) - 1.0) < 0.1
 
 
 def test_latent_configs_name_a_missing_or_wrong_autoencoder(tmp_path, ldm_run, mnist_tfds_dir):
