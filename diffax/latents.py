@@ -14,11 +14,12 @@ sample files, `Run.sample`, edits and sample-quality scores all see images.
 
 Where the latents come from (measured on ldm_mnist:cpu, benchmarks/NOTES.md "Latent data": the encoder took 52 ms
 of a 241 ms step): with data.latent_cache the whole of data.split is encoded once at the start of training and
-kept in host memory (`cache_latents`), as configs/ldm_mnist.py does (4,500 latents of 8x8x4: 4.6 MB; a step
-takes 27% less time). Otherwise each global batch is encoded on the fly where it lies, split over the mesh like the training step
-(`LatentCodec.encode_global`), so every process encodes only its own examples and the data pipeline, its random
-flips and its resumable position stay the image pipeline's: the choice for data sets whose latents do not fit in
-memory (ImageNet at f = 4: 63 GB of float32), which an ArrayRecord cache of latents would serve (not built).
+kept in host memory (`cache_latents`), as configs/ldm_mnist.py does (4,500 latents of 8x8x4: 4.6 MB; a step takes
+27% less time). Otherwise each global batch is encoded on the fly where it lies, split over the mesh like the
+training step (`LatentCodec.encode_global`), so every process encodes only its own examples and the data pipeline,
+its random flips and its resumable position stay the image pipeline's: the choice for data sets whose latents do
+not fit in memory (ImageNet at f = 4: 63 GB of float32), which an ArrayRecord cache of latents would serve (not
+built).
 
 Sits beside `diffax.run` (it loads the autoencoder with `load_run`); experiments get the codec as
 `Experiment.latents`, which the lower floors call only through its encode and decode functions.
