@@ -4,8 +4,9 @@
                                         images of the shape this config's data section reads
 
 The diffusion network sees z = scale * E(x), where E(x) is the mean of the encoder's posterior (LDM samples from it;
-with the KL weight 1e-6 its spread is a small fraction of the latents' and the mean makes the encoding a
-deterministic function of the image) and `scale` is LDM's `scale_by_std`: 1 / std of the latents of the first
+with the KL weight 1e-6 its spread is about a tenth of the latents' (configs/autoencoder_mnist.py:cpu at step 600:
+rms 0.15 against a std of 1.45), and the mean makes the encoding a deterministic function of the image, which a
+cache needs) and `scale` is LDM's `scale_by_std`: 1 / std of the latents of the first
 training batch(es), or data.latent_scale where set (Stable Diffusion's 0.18215). It is computed once, at the start
 of training, and saved with the run (run.json's data_spec) beside the autoencoder's checkpoint step, so sampling
 never reads the data and decodes with the autoencoder that encoded, even if that run trained on. Samples are decoded,
