@@ -150,11 +150,11 @@ def sampling_edit(experiment: Experiment, settings: SamplerSettings) -> Edit:
 
 def make_generator(experiment: Experiment, settings: SamplerSettings, mesh: Mesh, batch_size: int,
                    edit: Edit | None = None):
-    """A jitted generate(params, seed, indices (B,), cond (B,) labels, (B, L, E) or None, inputs {name: (B, ...)})
-    -> (B, *example),
-    replicated: edit(x0_fn, inputs, noise, keys) with the guided denoiser, the noise (B, *example) and solver keys
-    (B,) of samples number `indices` of the draw with `seed` (module docstring); by default `sampling_edit`.
-    The batch is split over the mesh's devices when batch_size is a multiple of their count.
+    """A jitted generate(params, seed, indices (B,), cond (labels (B,), sequences (B, L, E) or None), inputs
+    {name: (B, ...)}) -> (B, *example), replicated: edit(x0_fn, inputs, noise, keys) with the guided denoiser,
+    the noise (B, *example) and solver keys (B,) of samples number `indices` of the draw with `seed` (module
+    docstring); by default `sampling_edit`. The batch is split over the mesh's devices when batch_size is a
+    multiple of their count.
     """
     edit = edit or sampling_edit(experiment, settings)
     shape = experiment.example_shape

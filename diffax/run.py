@@ -124,13 +124,13 @@ class Run(TrainedRun):
                ema: bool | int = True, batch_size: int | None = None, raw: bool = False,
                progress: bool | None = False) -> np.ndarray:
         """`num` samples as numpy: uint8 images (N, H, W, C) or float32 points (N, D); raw=True returns the
-        network's data space instead ([-1, 1] float32 images).
+        network's data space instead ([-1, 1] float32 images; a latent run's decoded, `diffax.latents`).
 
         labels: class of each sample (cycled to `num`), default 0, 1, 2, ...; context: the embedding sequence of
         each sample (N, L, E) for runs on embedding sequences, default those of the first N held-out examples
-        (`generate.sample_conditions`); method, steps, grid, guidance and
-        options default to the run's config.sample; batch_size samples per call (default config.sample.batch_size);
-        progress shows a bar (None: on a terminal).
+        (`generate.sample_conditions`); method, steps, grid, guidance and options default to the run's
+        config.sample; batch_size samples per call (default config.sample.batch_size); progress shows a bar
+        (None: on a terminal).
         """
         settings = self.sampler_settings(method=method, num_steps=steps, grid=grid, guidance_scale=guidance,
                                          options=options)
