@@ -107,9 +107,11 @@ class Run(TrainedRun):
         sequences) and guided with scale `guidance`."""
         conditioning = self.experiment.conditioning
         given = {"labels": labels, "embeddings": context}.get(conditioning)
-        if conditioning and given is None:
-            raise ValueError(f"this run is conditioned on {conditioning}: pass "
-                             f"{'labels' if conditioning == 'labels' else 'context'}")
+        if conditioning == "labels" and given is None:
+            raise ValueError(f"this run is class-conditional ({self.experiment.num_classes} classes): pass labels")
+        if conditioning == "embeddings" and given is None:
+            raise ValueError(f"this run is conditioned on embedding sequences {self.experiment.spec.context_shape}: "
+                             f"pass context")
         dtype = jax.numpy.int32 if conditioning == "labels" else jax.numpy.float32
         cond = None if given is None else jax.numpy.asarray(given, dtype)
         return generate.make_denoiser(self.experiment, self.params(ema), cond, guidance, clip_denoised)
