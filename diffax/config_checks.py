@@ -142,8 +142,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(not (config.model.class_conditional and config.data.context_key), "data.context_key",
              config.data.context_key, "'' for a class-conditional model (one condition per network: labels or an "
              "embedding sequence)")
-    _require(not (config.data.latent_cache and config.data.random_flip), "data.latent_cache",
-             config.data.latent_cache, "False with data.random_flip (the cache holds the latents of unflipped images)")
+    _require(not (config.data.latent_cache and (config.data.random_flip or config.data.context_key)),
+             "data.latent_cache", config.data.latent_cache, "False with data.random_flip or data.context_key (the "
+             "cache holds latents of unflipped images and their labels)")
     _require(config.model.label_conditioning == "embedding" or config.model.class_conditional,
              "model.label_conditioning", config.model.label_conditioning,
              "'embedding' unless model.class_conditional (there are no labels to read)")
