@@ -19,6 +19,7 @@ from diffax import nets, objectives, sampling, schedules
 from diffax.evaluation.perceptual import PERCEPTUAL_LOSSES
 from diffax.experiment import DTYPES, TASKS, parse_shape
 from diffax.nets.embeddings import LABEL_CONDITIONINGS
+from diffax.run_config import read_run_file
 from diffax.sampling import SOLVERS
 from diffax.sampling.editing import INPAINT_ALGORITHMS
 from diffax.train.optimizer import DECAYS
@@ -120,6 +121,21 @@ def _check_task(config: ml_collections.ConfigDict) -> None:
     else:
         _require(model.name not in {**nets.CLASSIFIERS, **nets.AUTOENCODERS}, "model.name", model.name,
                  f"a score network for config.task = {config.task!r}, not a classifier or an autoencoder")
+
+
+def check_autoencoder_run(config: ml_collections.ConfigDict) -> None:
+    """data.autoencoder, where set, must be the workdir of an autoencoder run: read from its run.json, nothing
+    loaded (launch.py checks it after `validate_config`, which looks at the config alone)."""
+    workdir = config.data.autoencoder
+    if not workdir:
+        return
+    _require(config.task == "diffusion", "data.autoencoder", workdir, f"'' for config.task = {config.task!r}")
+    saved = read_run_file(workdir)
+    _require(saved is not None, "data.autoencoder", workdir,
+             "the workdir of a trained autoencoder run (there is no run there)")
+    task = saved[0].get("task", "diffusion")
+    _require(task == "autoencoder", "data.autoencoder", workdir,
+             f"the workdir of an autoencoder run (config.task = 'autoencoder'), not of a {task} run")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
