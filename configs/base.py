@@ -73,7 +73,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.autoencoder = autoencoder = ml_collections.ConfigDict()
     autoencoder.perceptual = "ms_ssim"  # A key of diffax.evaluation.perceptual.PERCEPTUAL_LOSSES: ms_ssim, lpips, none.
     autoencoder.perceptual_weight = 1.0
-    autoencoder.lpips_weights = ""  # perceptual 'lpips': the converted VGG16 + LPIPS linear-layer weights (.npz).
+    # perceptual 'lpips': the .npz of `python -m diffax.convert lpips VGG16.pth LIN.pth OUT.npz`.
+    autoencoder.lpips_weights = ""
     autoencoder.kl_weight = 1e-6
     autoencoder.logvar_init = 0.0
     # LDM declares its log-variance a parameter but gives it to neither optimizer, so it stays at logvar_init;

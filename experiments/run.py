@@ -12,7 +12,8 @@ DIR/base/                        an eval sweep's trained run (unless --run names
 DIR/results.csv, results.md      one row per point; DIR/<y>_vs_<x>.png the sweep's plots
 
 Train points train as their own `launch.py` processes (failures and memory stay apart), --parallel N of them side by
-side, and are evaluated in this process one at a time; eval points share one loaded run in this process (one load,
+side (each on its own share of the cores and, on a host with several GPUs, of the GPUs), each then evaluated by
+`launch.py --mode eval` in the same share; eval points share one loaded run in this process (one load,
 and the feature network and real-data features computed once). A rerun skips points that have a result.json and
 runs the missing (or deleted) ones; failed points run again only with --retry_failed. A point that fails is recorded
 (status, error, log) and the sweep goes on. --emit writes DIR/commands.txt (one command per point) or
@@ -31,6 +32,7 @@ import math
 import os
 import platform
 import queue
+import re
 import subprocess
 import sys
 import time
@@ -60,18 +62,34 @@ def _flags(overrides: Mapping[str, Any]) -> list[str]:
     return [f"--config.{key}={override_text(value)}" for key, value in overrides.items()]
 
 
-def _run_logged(command: list[str], log_path: str, cores: set[int] | None = None) -> None:
-    """Runs a command with its output appended to log_path, on `cores` (default: this process's); raises with the
-    log's tail if it fails."""
+_ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit)\w*: ")  # A traceback's last line: "ValueError: ..."
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """Where one training process runs: its CPU cores and GPUs (None: this process's own)."""
+
+    cores: frozenset[int] | None = None
+    gpus: str | None = None  # CUDA_VISIBLE_DEVICES for the process
+
+    def environment(self) -> dict[str, str] | None:
+        return None if self.gpus is None else {**os.environ, "CUDA_VISIBLE_DEVICES": self.gpus}
+
+
+def _run_logged(command: list[str], log_path: str, slot: Slot = Slot()) -> None:
+    """Runs a command with its output appended to log_path, on `slot`'s cores and GPUs; raises with the log's tail
+    if it fails."""
+    cores = slot.cores
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=slot.environment(),
                                preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores))
     if code != 0:
         with open(log_path) as log:
-            tail = log.read().strip().splitlines()[-3:]
-        raise RuntimeError(f"exit {code}: " + " | ".join(tail))
+            lines = log.read().strip().splitlines()
+        errors = [line for line in lines[-300:] if _ERROR_LINE.match(line)]
+        raise RuntimeError(f"exit {code}: " + (errors[-1] if errors else " | ".join(lines[-3:])))
 
 
 def _newest_json(directory: str, pattern_prefix: str = "") -> dict | None:
@@ -85,13 +103,37 @@ def _newest_json(directory: str, pattern_prefix: str = "") -> dict | None:
         return json.load(file)
 
 
-def _core_shares(count: int) -> list[set[int] | None]:
+def _core_shares(count: int) -> list[frozenset[int] | None]:
     """This process's cores split into `count` disjoint shares (None: no split where affinity is not settable or
     there are fewer cores than shares)."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
     if count <= 1 or len(cores) < count:
         return [None] * max(count, 1)
-    return [set(share.tolist()) for share in np.array_split(np.array(cores), count)]
+    return [frozenset(share.tolist()) for share in np.array_split(np.array(cores), count)]
+
+
+def visible_gpus() -> list[str]:
+    """The ids this process's CUDA_VISIBLE_DEVICES names (or 0 .. n - 1 for its n GPUs); [] off GPU."""
+    if jax.default_backend() != "gpu":
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return listed.split(",") if listed else [str(index) for index in range(jax.local_device_count())]
+
+
+def gpu_shares(gpus: list[str], count: int) -> list[str | None]:
+    """`count` training processes spread over `gpus`: with at least as many GPUs as processes each gets its own
+    disjoint share (['0,1', '2,3'] for 4 GPUs, 2 processes), else process i shares GPU i mod len(gpus); None (all
+    of them) with fewer than two GPUs or one process."""
+    if len(gpus) < 2 or count <= 1:
+        return [None] * max(count, 1)
+    if len(gpus) >= count:
+        return [",".join(share) for share in np.array_split(np.array(gpus), count)]
+    return [gpus[index % len(gpus)] for index in range(count)]
+
+
+def slots(count: int) -> list[Slot]:
+    """The slots of `count` side-by-side training processes: disjoint core shares, and GPU shares on a GPU host."""
+    return [Slot(cores, gpus) for cores, gpus in zip(_core_shares(count), gpu_shares(visible_gpus(), count))]
 
 
 def _train_seconds(workdir: str, step: int) -> float | None:
@@ -123,8 +165,8 @@ class Runner:
         self.names = [point_name(point) for point in sweep.points]
         os.makedirs(os.path.join(self.workdir, "logs"), exist_ok=True)
         self._loaded = {}  # sample.step -> the base run loaded at that checkpoint
-        self._cores: queue.Queue = queue.Queue()  # Core shares of the training processes (`run`): one, unsplit.
-        self._cores.put(None)
+        self._slots: queue.Queue = queue.Queue()  # Where training processes run (`run`): one, unsplit.
+        self._slots.put(Slot())
 
     def write_record(self, argv: list[str]) -> None:
         """DIR/sweep.json: the command, the commit, the machine and the date of this invocation (appended)."""
@@ -163,21 +205,21 @@ class Runner:
         return os.path.join(self.workdir, "logs", f"{name}.log")
 
     def _train_point(self, index: int) -> dict:
+        """Trains the point's run and evaluates it (`launch.py --mode eval`), both in the point's slot, so that
+        points evaluate side by side on their own devices; reads the metrics back from the eval JSONs."""
         overrides = config_overrides({**self.sweep.overrides, **self.sweep.points[index]})
-        run_dir = self.point_dir(index)
-        cores = self._cores.get()
+        run_dir, log = self.point_dir(index), self._log(self.names[index])
+        slot = self._slots.get()
         try:
             start = time.time()
             _run_logged([sys.executable, LAUNCH, f"--config={self.sweep.config}", f"--workdir={run_dir}",
-                         *_flags(overrides)], self._log(self.names[index]), cores)
+                         *_flags(overrides)], log, slot)
             train_seconds = time.time() - start
+            _run_logged([sys.executable, LAUNCH, "--mode=eval", f"--workdir={run_dir}"], log, slot)
         finally:
-            self._cores.put(cores)
-        trained = load_run(run_dir)
-        try:
-            return {"train_seconds": train_seconds, **self._evaluate(trained, trained.config)}
-        finally:
-            trained.close()
+            self._slots.put(slot)
+        heldout = _newest_json(run_dir, "eval_") or {}
+        return {"train_seconds": train_seconds, **metrics_of(heldout, _newest_json(os.path.join(run_dir, "eval")))}
 
     def train_base(self) -> None:
         """An eval sweep's base run: trained once in DIR/base by launch.py (resumed if interrupted); a run given
@@ -230,10 +272,11 @@ class Runner:
     def run(self, parallel: int = 1, retry_failed: bool = False) -> None:
         """Every pending point, with a progress bar; train points `parallel` at a time, each training process on
         its own 1/parallel of this process's cores (so each sizes its input workers and XLA threads for its share,
-        rather than `parallel` processes each taking the whole host)."""
-        self._cores = queue.Queue()
-        for share in _core_shares(parallel):
-            self._cores.put(share)
+        rather than `parallel` processes each taking the whole host) and, on a host with several GPUs, its own GPUs
+        (`gpu_shares`)."""
+        self._slots = queue.Queue()
+        for slot in slots(parallel):
+            self._slots.put(slot)
         todo = self.pending(retry_failed)
         if self.sweep.action == "eval" and todo:
             self.train_base()
@@ -292,8 +335,9 @@ class Runner:
         for plot in self.sweep.plots:
             figure, axes = pyplot.subplots(figsize=(6, 4))
             groups = dict.fromkeys(row.get(plot.group) for row in rows) if plot.group else {None: None}
+            categories = _categories([row.get(plot.x) for row in rows])
             for number, group in enumerate(groups):
-                points = sorted((row[plot.x], row[plot.y]) for row in rows
+                points = sorted((categories.get(row[plot.x], row[plot.x]), row[plot.y]) for row in rows
                                 if row.get(plot.y) is not None and row.get(plot.x) is not None
                                 and (plot.group is None or row.get(plot.group) == group))
                 if points:  # 20 colours and 10 markers: lines stay apart in sweeps of many groups.
@@ -301,6 +345,8 @@ class Runner:
                               label=None if group is None else str(group))
             axes.set(xlabel=plot.x, ylabel=plot.y, xscale="log" if plot.log_x else "linear",
                      yscale="log" if plot.log_y else "linear")
+            if categories:  # After the scale, which resets the ticks.
+                axes.set_xticks(list(categories.values()), list(categories))
             if plot.group:
                 axes.legend(title=plot.group, fontsize="small")
             axes.grid(alpha=0.3)
@@ -310,6 +356,12 @@ class Runner:
             pyplot.close(figure)
             paths.append(path)
         return paths
+
+
+def _categories(values: list[Any]) -> dict[str, int]:
+    """Text values of a plot's x -> their positions 0, 1, ... in the sweep's order ({} for numbers)."""
+    texts = [value for value in values if isinstance(value, str)]
+    return {text: position for position, text in enumerate(dict.fromkeys(texts))}
 
 
 def _format(value: Any) -> str:

@@ -48,7 +48,7 @@ def trained_digits_classifier(tmp_path_factory, digits_data_dir) -> str:
 @pytest.fixture(scope="session")
 def digits_cpu_run(tmp_path_factory, digits_data_dir) -> str:
     """The workdir of a trained configs/digits.py:cpu run (200 steps of 32; about 40 s on 2 cores): a model whose
-    samples look like digits, to score against the untrained `tiny_run`."""
+    samples look like digits, scored against the untrained `tiny_run` and used to denoise held-out digits."""
     from configs import digits
     from diffax.modes.train import train
 
@@ -57,3 +57,13 @@ def digits_cpu_run(tmp_path_factory, digits_data_dir) -> str:
     path = str(tmp_path_factory.mktemp("digits_cpu"))
     train(config, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def mnist5k_data_dir(tmp_path_factory) -> str:
+    """A TFDS data directory of this session with the bundled `mnist5k` prepared."""
+    from diffax.data import builders
+
+    data_dir = str(tmp_path_factory.mktemp("mnist5k_tfds"))
+    builders.prepare("mnist5k", data_dir)
+    return data_dir

@@ -80,3 +80,18 @@ def test_sweep_definitions_are_checked():
         product({"a": [1, 2], "b": [3]})
     with pytest.raises(ValueError, match="repeat"):
         Sweep(config="configs/toy2d.py", action="train", points=[{"seed": 1}, {"seed": 1}])
+
+
+def test_side_by_side_points_get_disjoint_gpu_shares():
+    shares = sweep_runner.gpu_shares
+    assert shares(["0", "1", "2", "3"], 2) == ["0,1", "2,3"]
+    assert shares(["4", "6"], 5) == ["4", "6", "4", "6", "4"]  # More processes than GPUs: round robin.
+    assert shares(["0", "1"], 1) == [None]  # One process sees every GPU (data parallel).
+    assert shares([], 3) == [None] * 3  # CPU host.
+    assert [slot.gpus for slot in sweep_runner.slots(2)] == [None, None]  # This CPU machine has no GPU.
+
+
+def test_text_values_of_a_plot_axis_keep_the_sweep_order():
+    assert sweep_runner._categories(["vp_linear", "edm", "vp_linear", "rectified_flow"]) == {
+        "vp_linear": 0, "edm": 1, "rectified_flow": 2}
+    assert sweep_runner._categories([5, 10, 20]) == {}  # Numbers keep a numeric axis.

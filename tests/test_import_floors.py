@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(__file__).parents[1] / "diffax"
 
 FLOORS = {
     **dict.fromkeys(("schedules", "objectives", "sampling", "likelihood", "mixture"), 0),  # The math.
-    **dict.fromkeys(("kernels", "data", "evaluation", "parallel", "checkpoint", "console", "signals"), 1),
+    **dict.fromkeys(("kernels", "data", "evaluation", "parallel", "checkpoint", "console", "signals", "weights"), 1),
     "nets": 2,
     **dict.fromkeys(("experiment", "generate", "run_config", "convert"), 3),
     **dict.fromkeys(("train", "config_checks"), 4),

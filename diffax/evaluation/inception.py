@@ -23,15 +23,15 @@ Layout: NHWC. Variables: `params` (conv `kernel` HWIO, batch-norm `scale`, `bias
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from diffax import weights
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -237,22 +237,12 @@ def preprocess(images: jax.Array) -> jax.Array:
 @functools.cache
 def variable_shapes() -> dict[str, tuple[int, ...]]:
     """The flat variable names the network needs ('params/Mixed_5b/branch1x1/conv/kernel', ...) -> shapes."""
-    images = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
-    shapes = jax.eval_shape(InceptionV3().init, jax.random.key(0), images)
-    return {"/".join(path): leaf.shape for path, leaf in traverse_util.flatten_dict(shapes).items()}
+    return weights.variable_shapes(InceptionV3(), jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32))
 
 
 def check_variables(flat: Mapping[str, np.ndarray], source: str) -> None:
     """Raise ValueError naming `source` and every missing, unexpected or misshapen variable of a flat dict."""
-    expected = variable_shapes()
-    missing = sorted(set(expected) - set(flat))
-    unexpected = sorted(set(flat) - set(expected))
-    misshapen = [f"{name} {tuple(np.shape(flat[name]))} (expected {expected[name]})"
-                 for name in sorted(set(expected) & set(flat)) if tuple(np.shape(flat[name])) != expected[name]]
-    problems = [f"{label}: {', '.join(names)}" for label, names in
-                (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)) if names]
-    if problems:
-        raise ValueError(f"{source} is not a set of FID Inception weights; " + "; ".join(problems))
+    weights.check_variables(flat, variable_shapes(), "a set of FID Inception weights", source)
 
 
 _TORCH_SUFFIXES = {"conv.weight": ("params", "conv/kernel"), "bn.weight": ("params", "bn/scale"),
@@ -285,16 +275,10 @@ def variables_from_torch(state_dict: Mapping[str, np.ndarray], source: str = "th
 
 def load_variables(path: str) -> dict[str, Any]:
     """The network's variables {'params': ..., 'batch_stats': ...} from a converted `.npz`, checked."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Inception weights {path!r} do not exist: convert pytorch-fid's "
-                                "pt_inception-2015-12-05-6726825d.pth with `python -m diffax.convert inception`")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            flat = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError) as error:
-        raise ValueError(f"Inception weights {path!r} are not an .npz archive ({error})") from error
+    flat = weights.read_flat(path, "Inception weights", "convert pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
+                             "with `python -m diffax.convert inception`")
     check_variables(flat, repr(path))
-    return traverse_util.unflatten_dict({tuple(name.split("/")): value for name, value in flat.items()})
+    return weights.nest(flat)
 
 
 def _as_rgb_uint8(images: np.ndarray) -> np.ndarray:

@@ -5,10 +5,13 @@ autoencoder loss adds to its L1 term (`diffax.train.autoencoder_step`):
 
     ms_ssim   1 - MS-SSIM(x, x_hat) with data range 2 (`diffax.evaluation.ssim`; fewer scales on small images):
               needs no weights, so it is the offline default
-    lpips     LPIPS (Zhang et al. 2018) on VGG16 features, LDM's choice; its weights are converted from the public
-              VGG16 and LPIPS linear-layer files and passed as `weights` (a path): until diffax has the network,
-              asking for it is an error naming the weights it would need
+    lpips     LPIPS v0.1 on VGG16 (Zhang et al. 2018; `diffax.evaluation.lpips`), LDM's choice; `weights` is the
+              path of the `.npz` that `python -m diffax.convert lpips VGG16.pth LIN.pth OUT.npz` writes from the
+              public VGG16 and LPIPS linear-layer files. Grayscale images are repeated to 3 channels.
     none      no perceptual term (perceptual_weight is then ignored)
+
+The LPIPS weights (59 MB) are closed over, so they are constants of the training step's program: it compiles once
+per run, where passing them as an argument would change the step's signature for one loss.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from collections.abc import Callable
 
 import jax
 
-from diffax.evaluation import ssim
+import jax.numpy as jnp
+
+from diffax.evaluation import lpips, ssim
 
 Distance = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -28,10 +33,17 @@ def _ms_ssim_distance(weights: str) -> Distance:
 
 
 def _lpips_distance(weights: str) -> Distance:
-    what = f"the weights file {weights!r}" if weights else "a weights file (config.autoencoder.lpips_weights)"
-    raise ValueError(f"perceptual loss 'lpips' needs {what} converted from the public VGG16 and LPIPS linear-layer "
-                     f"weights, and diffax's LPIPS network, which is not wired in yet; use "
-                     f"config.autoencoder.perceptual = 'ms_ssim' (offline) or 'none'")
+    if not weights:
+        raise ValueError("perceptual loss 'lpips' needs its weights: set config.autoencoder.lpips_weights to the .npz "
+                         "of `python -m diffax.convert lpips VGG16.pth LIN.pth OUT.npz`")
+    variables = lpips.load_variables(weights)
+
+    def distance(x: jax.Array, x_hat: jax.Array) -> jax.Array:
+        if x.shape[-1] == 1:
+            x, x_hat = jnp.repeat(x, 3, axis=-1), jnp.repeat(x_hat, 3, axis=-1)
+        return lpips.lpips_distance(variables, x, x_hat)
+
+    return distance
 
 
 PERCEPTUAL_LOSSES: dict[str, Callable[[str], Distance | None]] = {

@@ -80,8 +80,12 @@ def heldout_bits_per_dim(experiment: Experiment, parameter_sets: dict[str, Any],
 
     bits = jax.jit(bits, out_shardings=parallel.replicated(mesh))
     key = jax.random.PRNGKey(config.seed)
-    return {name: float(np.mean(parallel.to_host(bits(params, images, key))))
-            for name, params in parameter_sets.items()}
+    results = {name: float(np.mean(parallel.to_host(bits(params, images, key))))
+               for name, params in parameter_sets.items()}
+    for name in [name for name, value in results.items() if not np.isfinite(value)]:
+        console.warning(f"bits/dim of the {name} parameters is {results[name]}: the likelihood ODE did not finish "
+                        f"within its step limit at eval.bpd_rtol = {config.eval.bpd_rtol} (a stiff velocity field)")
+    return results
 
 
 def _write_json(path: epath.Path, record: dict) -> None:

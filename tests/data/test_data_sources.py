@@ -50,3 +50,15 @@ def test_to_unit_range_endpoints():
     values = preprocess.to_unit_range(np.array([0, 255], np.uint8))
     assert values.dtype == np.float32
     np.testing.assert_array_equal(values, [-1.0, 1.0])
+
+
+def test_pad_to_centres_the_image_on_black(data_dir):
+    image = np.full((28, 27, 1), 200, np.uint8)
+    padded = preprocess.pad_to_size(image, (32, 32))
+    assert padded.shape == (32, 32, 1) and padded.sum() == image.sum()
+    assert padded[2:30, 2:29].min() == 200 and padded[:2].max() == padded[:, :2].max() == padded[:, 29:].max() == 0
+    with pytest.raises(ValueError, match="image of size 28x27 does not fit pad_to 24x32"):
+        preprocess.pad_to_size(image, (24, 32))
+    assert dataset_spec("mnist5k", split="test", data_dir=data_dir, pad_to=32).image_shape == (32, 32, 1)
+    with pytest.raises(ValueError, match=r"pad_to 16 is smaller than its 28x28 images"):
+        dataset_spec("mnist5k", split="test", data_dir=data_dir, pad_to=16)

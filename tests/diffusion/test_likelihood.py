@@ -65,6 +65,16 @@ def test_image_bits_per_dim_runs_on_images():
     assert bpd.shape == (2,) and bool(jnp.all(jnp.isfinite(bpd)))
 
 
+def test_a_solve_that_runs_out_of_steps_gives_nan_not_an_error(gaussian_data):
+    data, x = gaussian_data
+    solve = jax.jit(lambda x, max_steps: L.ode_log_likelihood(
+        data.x0_fn(S.VPLinear()), S.VPLinear(), x[:4], divergence="exact", max_steps=max_steps), static_argnums=1)
+    short, _, steps = solve(x, 2)
+    assert int(steps) == 2 and bool(jnp.all(jnp.isnan(short)))
+    converged, _, _ = solve(x, 4096)
+    assert bool(jnp.all(jnp.isfinite(converged)))
+
+
 def test_bad_options_are_named(gaussian_data):
     data, x = gaussian_data
     with pytest.raises(ValueError, match="divergence must be"):

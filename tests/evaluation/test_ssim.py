@@ -1,5 +1,6 @@
 """SSIM against scikit-image (a fixture it made: fixtures/make_ssim_fixture.py), MS-SSIM against a numpy / scipy
-implementation of Wang et al. 2003 written here, and the perceptual-loss registry."""
+implementation of Wang et al. 2003 written here, and the perceptual-loss registry (LPIPS itself is tested in
+test_lpips.py)."""
 
 import os
 
@@ -75,7 +76,26 @@ def test_perceptual_registry():
     x = np.linspace(-1, 1, 2 * 32 * 32).reshape(2, 32, 32, 1).astype(np.float32)
     np.testing.assert_allclose(distance(x, x), 0.0, atol=1e-6)
     assert perceptual.perceptual_distance("none") is None
-    with pytest.raises(ValueError, match=r"needs the weights file '/nowhere/lpips.npz'"):
+    with pytest.raises(FileNotFoundError, match=r"LPIPS weights '/nowhere/lpips.npz' do not exist: convert"):
         perceptual.perceptual_distance("lpips", "/nowhere/lpips.npz")
+    with pytest.raises(ValueError, match=r"'lpips' needs its weights: set config.autoencoder.lpips_weights"):
+        perceptual.perceptual_distance("lpips", "")
     with pytest.raises(ValueError, match="unknown perceptual loss 'vgg'"):
         perceptual.perceptual_distance("vgg")
+
+
+def test_lpips_loss_is_lpips_with_gray_repeated_to_rgb(tmp_path):
+    import jax
+
+    from diffax.evaluation import lpips
+
+    rng = np.random.default_rng(0)
+    flat = {name: rng.normal(0, 0.05, shape).astype(np.float32) for name, shape in lpips.variable_shapes().items()}
+    flat = {name: np.abs(value) if "lin_" in name else value for name, value in flat.items()}  # Weights w_l >= 0.
+    np.savez(tmp_path / "lpips.npz", **flat)
+    distance = perceptual.perceptual_distance("lpips", str(tmp_path / "lpips.npz"))
+    x, y = rng.uniform(-1, 1, (2, 2, 16, 16, 1)).astype(np.float32)
+    expected = lpips.lpips_distance(lpips.load_variables(str(tmp_path / "lpips.npz")), np.repeat(x, 3, -1),
+                                    np.repeat(y, 3, -1))
+    np.testing.assert_allclose(jax.jit(distance)(x, y), expected, rtol=1e-5)
+    assert float(expected.min()) > 0.0

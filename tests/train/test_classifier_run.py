@@ -92,7 +92,8 @@ def test_diffusion_modes_refuse_a_classifier_run(classifier_run):
     ({"task": "diffusion"}, r"config.model.name = 'classifier': expected a score network"),
     ({"task": "diffusion", "model.name": "autoencoder_kl_tiny"},
      r"config.model.name = 'autoencoder_kl_tiny': expected a score network .*not a classifier or an autoencoder"),
-    ({"task": "segmentation"}, r"config.task = 'segmentation': expected one of \['classifier', 'diffusion'\]"),
+    ({"task": "segmentation"},
+     r"config.task = 'segmentation': expected one of \['autoencoder', 'classifier', 'diffusion'\]"),
 ])
 def test_classifier_configs_are_checked(overrides, message):
     from configs import classifier_digits

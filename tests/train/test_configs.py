@@ -8,7 +8,7 @@ import pytest
 from train_helpers import launch, tiny_digits
 
 RECIPES = ("toy2d", "digits", "mnist", "cifar10_ddpm", "cifar10_edm", "imagenet64", "classifier_digits",
-           "classifier_mnist", "ldm_mnist", "ldm_imagenet256")
+           "classifier_mnist", "autoencoder_mnist", "autoencoder_kl_f8", "ldm_mnist", "ldm_imagenet256")
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -38,6 +38,7 @@ def test_recipes_and_variants_validate_and_open_with_their_command(recipe):
     ("optim.b2", 2.0, r"config.optim.b2 = 2.0"),
     ("mesh.fsdp", 0, r"config.mesh.fsdp = 0"),
     ("data.worker_count", -2, r"config.data.worker_count = -2: expected -1 \(as many as the host can give\)"),
+    ("model.name", "autoencoder_kl_f4", r"config.model.name = 'autoencoder_kl_f4': expected a score network"),
 ])
 def test_invalid_values_name_the_key(key, value, message):
     from diffax.config_checks import validate_config
