@@ -54,7 +54,7 @@ def main(argv):
     _quiet_libraries()
     from diffax import parallel
     from diffax.checkpoint import CheckpointError
-    from diffax.config_checks import validate_config
+    from diffax.config_checks import check_autoencoder_run, validate_config
     from diffax.modes import MODES, check_mode
     from diffax.modes.train import NonFiniteLossError
     from configs import base as config_defaults
@@ -73,6 +73,7 @@ def main(argv):
         # any compilation or data, in one line naming the key.
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         validate_config(config)
+        check_autoencoder_run(config)
         check_mode(_MODE.value, config, _WORKDIR.value)
         MODES[_MODE.value](config, _WORKDIR.value)
     except (ValueError, OSError, CheckpointError, NonFiniteLossError, parallel.ClusterError) as error:

@@ -33,6 +33,16 @@ def get_base_config() -> ml_collections.ConfigDict:
     # cores and local devices (diffax.data.pipeline.auto_worker_count; 0 on the CPU backend, 14 on a 16-core host
     # with one GPU).
     data.worker_count = -1
+    # A float (L, E) feature of each example (e.g. text-encoder outputs stored with the images) that conditions the
+    # network through cross-attention, with classifier-free guidance against the zero sequence; "": none.
+    data.context_key = ""
+    # Latent diffusion (diffax/latents.py): the workdir of a trained autoencoder run (config.task = 'autoencoder')
+    # whose latents the network models; "": the data itself.
+    data.autoencoder = ""
+    data.latent_scale = 0.0  # The latents' factor; 0: 1 / std of the first training latents (LDM's scale_by_std).
+    # Encode data.split once into host memory and train on those latents (faster where they fit; no random flips);
+    # False: encode each batch on the fly.
+    data.latent_cache = False
     data.toy_examples = 65536  # 'toy2d' only: points drawn from the mixture (with seed) as the training set.
 
     config.model = model = ml_collections.ConfigDict()
@@ -40,7 +50,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     model.kwargs = ml_collections.ConfigDict()  # Network attributes, e.g. --config.model.kwargs.channels=64.
     model.compute_dtype = "float32"  # 'bfloat16' computes activations in bf16; parameters stay float32.
     model.class_conditional = False  # Pass labels (num_classes from the data set); classifier-free guidance.
-    model.label_dropout = 0.1  # Probability a label is replaced by the null class in training.
+    # How labels enter the network: 'embedding' (added to the noise-level embedding; ADM, DiT) or 'cross_attention'
+    # (a learned one-token context read by every attention block; LDM's class-conditional recipe).
+    model.label_conditioning = "embedding"
+    # Probability a label is replaced by the null class (an embedding sequence by the zero context) in training.
+    model.label_dropout = 0.1
 
     config.diffusion = diffusion = ml_collections.ConfigDict()
     diffusion.schedule = "vp_cosine"

@@ -18,13 +18,16 @@ from etils import epath
 from diffax import nets, objectives, sampling, schedules
 from diffax.evaluation.perceptual import PERCEPTUAL_LOSSES
 from diffax.experiment import DTYPES, TASKS, parse_shape
+from diffax.nets.embeddings import LABEL_CONDITIONINGS
+from diffax.run_config import read_run_file
 from diffax.sampling import SOLVERS
 from diffax.sampling.editing import INPAINT_ALGORITHMS
 from diffax.train.optimizer import DECAYS
 
 CHOICES = {
     "task": TASKS,
-    "model.name": nets.NETWORKS, "model.compute_dtype": DTYPES, "diffusion.schedule": schedules.SCHEDULES,
+    "model.name": nets.NETWORKS, "model.compute_dtype": DTYPES, "model.label_conditioning": LABEL_CONDITIONINGS,
+    "diffusion.schedule": schedules.SCHEDULES,
     "diffusion.prediction": objectives.PREDICTIONS, "diffusion.noise_conditioning": objectives.NOISE_CONDITIONINGS,
     "diffusion.weighting": objectives.WEIGHTINGS, "diffusion.time_sampling": objectives.TIME_SAMPLERS,
     "optim.decay": DECAYS, "sample.method": SOLVERS, "sample.grid": schedules.TIME_GRIDS,
@@ -120,6 +123,21 @@ def _check_task(config: ml_collections.ConfigDict) -> None:
                  f"a score network for config.task = {config.task!r}, not a classifier or an autoencoder")
 
 
+def check_autoencoder_run(config: ml_collections.ConfigDict) -> None:
+    """data.autoencoder, where set, must be the workdir of an autoencoder run: read from its run.json, nothing
+    loaded (launch.py checks it after `validate_config`, which looks at the config alone)."""
+    workdir = config.data.autoencoder
+    if not workdir:
+        return
+    _require(config.task == "diffusion", "data.autoencoder", workdir, f"'' for config.task = {config.task!r}")
+    saved = read_run_file(workdir)
+    _require(saved is not None, "data.autoencoder", workdir,
+             "the workdir of a trained autoencoder run (there is no run there)")
+    task = saved[0].get("task", "diffusion")
+    _require(task == "autoencoder", "data.autoencoder", workdir,
+             f"the workdir of an autoencoder run (config.task = 'autoencoder'), not of a {task} run")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first invalid key."""
     for key, registry in CHOICES.items():
@@ -137,6 +155,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(0.0 <= config.model.label_dropout < 1.0, "model.label_dropout", config.model.label_dropout,
              "a probability in [0, 1)")
     _check_task(config)
+    _require(not (config.model.class_conditional and config.data.context_key), "data.context_key",
+             config.data.context_key, "'' for a class-conditional model (one condition per network: labels or an "
+             "embedding sequence)")
+    _require(not (config.data.latent_cache and (config.data.random_flip or config.data.context_key)),
+             "data.latent_cache", config.data.latent_cache, "False with data.random_flip or data.context_key (the "
+             "cache holds latents of unflipped images and their labels)")
+    _require(config.model.label_conditioning == "embedding" or config.model.class_conditional,
+             "model.label_conditioning", config.model.label_conditioning,
+             "'embedding' unless model.class_conditional (there are no labels to read)")
 
     train = config.train
     _require(train.batch_size % train.grad_accum_steps == 0, "train.batch_size", train.batch_size,

@@ -44,23 +44,44 @@ class DataSpec:
       example_shape: (H, W, C) images or (D,) vectors.
       num_classes: label classes of the data set, or None (unlabelled).
       is_image: images in [-1, 1] (grids, uint8 output, bits/dim) rather than points.
+      context_shape: (L, E) of the embedding sequence each example carries (data.context_key), or None.
+      latent_scale: latent runs (data.autoencoder): the factor of the autoencoder's latents (`diffax.latents`);
+        example_shape is then the latents' and is_image says that the decoded samples are images.
+      image_shape: latent runs: (H, W, C) of the decoded images.
+      autoencoder_step: latent runs: the autoencoder checkpoint whose encoder made the latents (the one its
+        decoder then uses, whatever that run trains on to).
     """
 
     example_shape: tuple[int, ...]
     num_classes: int | None
     is_image: bool
+    context_shape: tuple[int, int] | None = None
+    latent_scale: float | None = None
+    image_shape: tuple[int, ...] | None = None
+    autoencoder_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        def listed(shape):
+            return None if shape is None else list(shape)
+
         return {"example_shape": list(self.example_shape), "num_classes": self.num_classes,
-                "is_image": self.is_image}
+                "is_image": self.is_image, "context_shape": listed(self.context_shape),
+                "latent_scale": self.latent_scale, "image_shape": listed(self.image_shape),
+                "autoencoder_step": self.autoencoder_step}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataSpec:
-        return cls(tuple(values["example_shape"]), values["num_classes"], bool(values["is_image"]))
+        def shape(key):  # Absent from runs saved before the key existed.
+            return None if values.get(key) is None else tuple(values[key])
+
+        return cls(tuple(values["example_shape"]), values["num_classes"], bool(values["is_image"]),
+                   shape("context_shape"), values.get("latent_scale"), shape("image_shape"),
+                   values.get("autoencoder_step"))
 
 
 class DataSource(Protocol):
-    """A data set by name: its spec and its batches ({"image": (b, *example_shape), "label": (b,)})."""
+    """A data set by name: its spec and its batches ({"image": (b, *example_shape), "label": (b,)}, and
+    "context": (b, L, E) when the spec has a context_shape)."""
 
     def spec(self, data: ml_collections.ConfigDict, *, require_data: bool) -> DataSpec: ...
 
@@ -74,9 +95,11 @@ class TfdsSource:
     def spec(self, data: ml_collections.ConfigDict, *, require_data: bool) -> DataSpec:
         """With require_data=False a catalogue data set that is not prepared is described by its builder's
         metadata, which needs neither the files nor TensorFlow (benchmarks on synthetic data)."""
+        context_key = data.get("context_key") or None
         try:
             spec = data_lib.dataset_spec(data.name, split=data.split, data_dir=data.data_dir,
-                                         image_size=data.image_size, pad_to=data.get("pad_to"))
+                                         image_size=data.image_size, pad_to=data.get("pad_to"),
+                                         context_key=context_key)
         except FileNotFoundError:
             if require_data:
                 raise
@@ -84,14 +107,16 @@ class TfdsSource:
             height, width, channels = features["image"].shape
             size = (sources.image_size_hw(data.get("pad_to")) or sources.image_size_hw(data.image_size)
                     or (height, width))
-            return DataSpec((*size, channels), getattr(features["label"], "num_classes", None), True)
-        return DataSpec(tuple(spec.image_shape), spec.num_classes, True)
+            context_shape = sources.context_shape(features, data.name, context_key)
+            return DataSpec((*size, channels), getattr(features["label"], "num_classes", None), True, context_shape)
+        return DataSpec(tuple(spec.image_shape), spec.num_classes, True, spec.context_shape)
 
     def iterator(self, data, *, seed, split, global_batch_size, num_epochs, train):
         return data_lib.make_dataset(data.name, split=split, global_batch_size=global_batch_size, seed=seed,
                                      data_dir=data.data_dir, image_size=data.image_size,
                                      random_flip=data.random_flip and train, num_epochs=num_epochs,
-                                     worker_count=data.worker_count, pad_to=data.get("pad_to"))
+                                     worker_count=data.worker_count, pad_to=data.get("pad_to"),
+                                     context_key=data.get("context_key") or None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +145,12 @@ def data_source(name: str) -> DataSource:
     return DATA_SOURCES.get(name, TFDS_SOURCE)
 
 
-def data_spec(config: ml_collections.ConfigDict, *, require_data: bool = True) -> DataSpec:
-    """The spec of the config's training data; require_data as in `TfdsSource.spec`."""
+def data_spec(config: ml_collections.ConfigDict, *, require_data: bool = True, latent: bool = True) -> DataSpec:
+    """The spec of the config's training data; require_data as in `TfdsSource.spec`. A latent config's
+    (data.autoencoder) comes from `diffax.latents.latent_spec`, which reads this one with latent=False."""
+    if latent and config.data.get("autoencoder"):
+        raise ValueError(f"config.data.autoencoder = {config.data.autoencoder!r}: the spec of latent data is made by "
+                         f"diffax.latents.latent_spec (the train mode), or read from the run's run.json")
     return data_source(config.data.name).spec(config.data, require_data=require_data)
 
 
@@ -159,6 +188,8 @@ class Experiment:
       num_classes: label classes the network is conditioned on (the data's, when model.class_conditional), or
         None; for a classifier, the classes it predicts (the data's).
       discriminator: an autoencoder's PatchGAN (`nets.PatchDiscriminator`), else None.
+      latents: a latent run's codec (`diffax.latents.LatentCodec`: encode(images) -> latents and decode(latents)
+        -> images, numpy in [-1, 1]), attached by `diffax.latents.with_latents`; else None.
     """
 
     config: ml_collections.ConfigDict
@@ -167,6 +198,7 @@ class Experiment:
     spec: DataSpec
     num_classes: int | None
     discriminator: nn.Module | None = None
+    latents: Any = None
 
     @property
     def task(self) -> str:
@@ -178,8 +210,24 @@ class Experiment:
         return self.spec.example_shape
 
     @property
+    def conditioning(self) -> str | None:
+        """What the network is conditioned on: 'labels' (class-conditional), 'embeddings' (the data's embedding
+        sequences, data.context_key) or None."""
+        if self.task != "diffusion":
+            return None
+        if self.num_classes:
+            return "labels"
+        return "embeddings" if self.spec.context_shape else None
+
+    @property
     def is_image(self) -> bool:
+        """Whether samples (decoded, for latent runs) are images in [-1, 1]."""
         return self.spec.is_image
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample as generated: the decoded images' for latent runs, else example_shape."""
+        return tuple(self.spec.image_shape or self.example_shape)
 
     def with_example_shape(self, shape: tuple[int, ...]) -> Experiment:
         """The same network on other inputs (e.g. latents in benchmarks)."""
@@ -203,11 +251,13 @@ class Experiment:
 
     def dummy_inputs(self) -> tuple[jax.Array, ...]:
         """Zeros of the network's positional inputs, to initialize or trace it: diffusion (x (1, *example_shape),
-        noise_level (1,), cond (1,) or None); classifier and autoencoder (x (1, *example_shape),)."""
+        noise_level (1,), cond: labels (1,), an embedding sequence (1, L, E) or None); classifier and autoencoder
+        (x (1, *example_shape),)."""
         x = jnp.zeros((1, *self.example_shape), jnp.float32)
         if self.task in ("classifier", "autoencoder"):
             return (x,)
-        cond = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+        cond = {"labels": jnp.zeros((1,), jnp.int32), None: None,
+                "embeddings": jnp.zeros((1, *(self.spec.context_shape or ())), jnp.float32)}[self.conditioning]
         return x, jnp.zeros((1,)), cond
 
     def init_params(self, key: jax.Array) -> Any:
@@ -243,6 +293,11 @@ def build_experiment(config: ml_collections.ConfigDict, spec: DataSpec | None = 
     overrides = dict(model_config.kwargs.to_dict())
     if num_classes:
         overrides["num_classes"] = num_classes
+        label_conditioning = model_config.get("label_conditioning", "embedding")  # Older runs: embedding.
+        if label_conditioning != "embedding" and task == "diffusion":
+            overrides["label_conditioning"] = label_conditioning
+    if spec.context_shape and task == "diffusion":
+        overrides["cross_attention"] = True
     if task == "autoencoder":
         overrides.setdefault("out_channels", spec.example_shape[-1])
     try:

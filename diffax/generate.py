@@ -21,7 +21,8 @@ import tqdm
 from jax.sharding import Mesh
 
 from diffax import parallel
-from diffax.experiment import Experiment
+from diffax.experiment import Experiment, make_iterator
+from diffax.nets.embeddings import null_condition
 from diffax.sampling import classifier_free_guidance, sample
 from diffax.schedules import time_grid
 
@@ -61,22 +62,24 @@ class SamplerSettings:
         return "_".join(parts + (["clip"] if self.clip_denoised else []))
 
 
-def make_denoiser(experiment: Experiment, params: Any, labels: jax.Array | None, guidance_scale: float = 1.0,
+def make_denoiser(experiment: Experiment, params: Any, cond: jax.Array | None, guidance_scale: float = 1.0,
                   clip_denoised: bool = False):
-    """The sampler's denoiser x0_fn(x_t, t): conditioned on `labels` (B,), guided with `guidance_scale`, and
-    clipped to the data range [-1, 1] when clip_denoised (as DDPM's and ADM's samplers do).
+    """The sampler's denoiser x0_fn(x_t, t): conditioned on `cond` (labels (B,) or embedding sequences (B, L, E)),
+    guided with `guidance_scale` against the null condition (`diffax.nets.embeddings.null_condition`: the null
+    class, or the zero sequence), and clipped to the data range [-1, 1] when clip_denoised (as DDPM's and ADM's
+    samplers do).
 
     At scale 1 the guided denoiser equals the conditional one, so the unconditional half-batch is skipped.
     """
     denoise = experiment.x0_fn(params)
-    if labels is None:
+    if cond is None:
         x0_fn = denoise
     elif guidance_scale == 1.0:
         def x0_fn(x, t):
-            return denoise(x, t, labels)
+            return denoise(x, t, cond)
     else:
-        null = jnp.full_like(labels, experiment.num_classes)
-        x0_fn = classifier_free_guidance(denoise, labels, null, guidance_scale, experiment.schedule)
+        null = null_condition(cond, experiment.num_classes)
+        x0_fn = classifier_free_guidance(denoise, cond, null, guidance_scale, experiment.schedule)
     if clip_denoised:
         return lambda x, t: jnp.clip(x0_fn(x, t), -1.0, 1.0)
     return x0_fn
@@ -91,6 +94,35 @@ def sample_labels(num_samples: int, num_classes: int | None, classes: Sequence[i
     if classes.min() < 0 or classes.max() >= num_classes:
         raise ValueError(f"labels {classes.tolist()}: expected classes in [0, {num_classes})")
     return np.resize(classes, num_samples)
+
+
+def sample_conditions(experiment: Experiment, num_samples: int, classes: Sequence[int] = (),
+                      contexts: np.ndarray | None = None) -> np.ndarray | None:
+    """What `num_samples` samples are conditioned on: labels cycling through `classes` (`sample_labels`), the
+    embedding sequences `contexts` (N, L, E) (default: those of the first N held-out examples, data.eval_split,
+    in the pipeline's order), or None for an unconditional network."""
+    if experiment.conditioning == "labels":
+        return sample_labels(num_samples, experiment.num_classes, classes)
+    if experiment.conditioning != "embeddings":
+        return None
+    if contexts is None:
+        config = experiment.config
+        contexts = next(make_iterator(config, split=config.data.eval_split, global_batch_size=num_samples,
+                                      seed=config.seed, train=False))["context"]
+    contexts = np.asarray(contexts, np.float32)
+    expected = (num_samples, *experiment.spec.context_shape)
+    if contexts.shape != expected:
+        raise ValueError(f"contexts of shape {contexts.shape}: expected {expected}, one sequence per sample")
+    return contexts
+
+
+def null_conditions(experiment: Experiment, num_samples: int) -> np.ndarray | None:
+    """The null condition of `num_samples` samples, which gives the unconditional denoiser: the null class (N,) or
+    zero sequences (N, L, E) (`diffax.nets.embeddings.null_condition`); None for an unconditional network."""
+    template = experiment.dummy_inputs()[2]
+    if template is None:
+        return None
+    return np.asarray(null_condition(jnp.repeat(template, num_samples, axis=0), experiment.num_classes))
 
 
 def _keys(seed: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -118,37 +150,42 @@ def sampling_edit(experiment: Experiment, settings: SamplerSettings) -> Edit:
 
 def make_generator(experiment: Experiment, settings: SamplerSettings, mesh: Mesh, batch_size: int,
                    edit: Edit | None = None):
-    """A jitted generate(params, seed, indices (B,), labels (B,) or None, inputs {name: (B, ...)}) -> (B, *example),
-    replicated: edit(x0_fn, inputs, noise, keys) with the guided denoiser, the noise (B, *example) and solver keys
-    (B,) of samples number `indices` of the draw with `seed` (module docstring); by default `sampling_edit`.
-    The batch is split over the mesh's devices when batch_size is a multiple of their count.
+    """A jitted generate(params, seed, indices (B,), cond (labels (B,), sequences (B, L, E) or None), inputs
+    {name: (B, ...)}) -> (B, *example), replicated: edit(x0_fn, inputs, noise, keys) with the guided denoiser,
+    the noise (B, *example) and solver keys (B,) of samples number `indices` of the draw with `seed` (module
+    docstring); by default `sampling_edit`. The batch is split over the mesh's devices when batch_size is a
+    multiple of their count.
     """
     edit = edit or sampling_edit(experiment, settings)
     shape = experiment.example_shape
 
-    def generate(params: Any, seed: jax.Array, indices: jax.Array, labels: jax.Array | None,
+    def generate(params: Any, seed: jax.Array, indices: jax.Array, cond: jax.Array | None,
                  inputs: dict[str, jax.Array]) -> jax.Array:
         noise = sample_noise(seed, indices, shape)
         solver_key = _keys(seed)[1]
         keys = jax.vmap(lambda i: jax.random.fold_in(solver_key, i))(indices)
         if batch_size % mesh.devices.size == 0:  # Split the examples over the devices (else replicated work).
             noise, inputs = jax.lax.with_sharding_constraint((noise, inputs), parallel.batch_sharding(mesh))
-        x0_fn = make_denoiser(experiment, params, labels, settings.guidance_scale, settings.clip_denoised)
+        x0_fn = make_denoiser(experiment, params, cond, settings.guidance_scale, settings.clip_denoised)
         return edit(x0_fn, inputs, noise, keys)
 
     return jax.jit(generate, out_shardings=parallel.replicated(mesh))
 
 
 def generate_samples(experiment: Experiment, params: Any, settings: SamplerSettings, mesh: Mesh, *,
-                     num_samples: int, seed: int, batch_size: int, labels: np.ndarray | None = None,
+                     num_samples: int, seed: int, batch_size: int, cond: np.ndarray | None = None,
                      edit: Edit | None = None, inputs: dict[str, np.ndarray] | None = None,
                      progress: bool | None = False) -> np.ndarray:
-    """Samples 0..num_samples - 1 of the draw with `seed` (N, *example) in the network's data space, in calls of
-    `batch_size` (the last call padded); labels (N,) for class-conditional networks. With `edit` and its `inputs`
+    """Samples 0..num_samples - 1 of the draw with `seed` (N, *example) in the network's data space (decoded to
+    images (N, *image_shape) in [-1, 1] for latent runs: the one place latents become images), in calls of
+    `batch_size` (the last call padded); cond: labels (N,) for class-conditional networks, embedding sequences
+    (N, L, E) for networks conditioned on them (`Experiment.conditioning`). With `edit` and its `inputs`
     {name: (N, ...)} (images to edit, masks), each sample is that edit of its inputs (`make_generator`).
     progress: a tqdm bar over the samples on stderr (process 0); None: when stderr is a terminal."""
-    if experiment.num_classes and labels is None:
-        raise ValueError("a class-conditional network needs labels (N,)")
+    if experiment.conditioning and cond is None:
+        raise ValueError(f"a network conditioned on {experiment.conditioning} needs them (cond)")
+    if cond is not None and len(cond) != num_samples:
+        raise ValueError(f"cond has {len(cond)} rows for {num_samples} samples")
     batch_size = min(batch_size, num_samples)
     generate = make_generator(experiment, settings, mesh, batch_size, edit)
     inputs = inputs or {}
@@ -157,11 +194,10 @@ def generate_samples(experiment: Experiment, params: Any, settings: SamplerSetti
     bar = tqdm.tqdm(total=num_samples, unit="sample", dynamic_ncols=True, disable=not show_bar)
     for start in range(0, num_samples, batch_size):
         indices = np.arange(start, start + batch_size, dtype=np.int32)
-        chunk_labels = None if not experiment.num_classes else np.resize(labels[start:start + batch_size],
-                                                                           batch_size)
+        chunk_cond = None if cond is None else _padded(cond[start:start + batch_size], batch_size)
         chunk_inputs = {name: _padded(value[start:start + batch_size], batch_size) for name, value in inputs.items()}
-        samples = generate(params, jnp.uint32(seed), indices, chunk_labels, chunk_inputs)
-        chunks.append(np.asarray(parallel.to_host(samples)))
+        samples = np.asarray(parallel.to_host(generate(params, jnp.uint32(seed), indices, chunk_cond, chunk_inputs)))
+        chunks.append(samples if experiment.latents is None else experiment.latents.decode(samples))
         bar.update(min(batch_size, num_samples - start))
     bar.close()
     return np.concatenate(chunks)[:num_samples]

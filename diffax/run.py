@@ -100,53 +100,70 @@ class TrainedRun:
 class Run(TrainedRun):
     """A trained diffusion run: its denoiser, samples and edits."""
 
-    def denoiser(self, labels: Any = None, guidance: float = 1.0, *, ema: bool | int = True,
+    def denoiser(self, labels: Any = None, guidance: float = 1.0, *, context: Any = None, ema: bool | int = True,
                  clip_denoised: bool = False):
         """x0_fn(x_t (B, *example), t (B,)) -> x0_hat (B, *example) in the network's data space ([-1, 1] images),
-        conditioned on `labels` (B,) (class-conditional runs) and guided with scale `guidance`."""
-        if self.experiment.num_classes and labels is None:
+        conditioned on `labels` (B,) (class-conditional runs) or `context` (B, L, E) (runs on embedding
+        sequences) and guided with scale `guidance`."""
+        conditioning = self.experiment.conditioning
+        given = {"labels": labels, "embeddings": context}.get(conditioning)
+        if conditioning == "labels" and given is None:
             raise ValueError(f"this run is class-conditional ({self.experiment.num_classes} classes): pass labels")
-        labels = None if labels is None else jax.numpy.asarray(labels, jax.numpy.int32)
-        return generate.make_denoiser(self.experiment, self.params(ema), labels, guidance, clip_denoised)
+        if conditioning == "embeddings" and given is None:
+            raise ValueError(f"this run is conditioned on embedding sequences {self.experiment.spec.context_shape}: "
+                             f"pass context")
+        dtype = jax.numpy.int32 if conditioning == "labels" else jax.numpy.float32
+        cond = None if given is None else jax.numpy.asarray(given, dtype)
+        return generate.make_denoiser(self.experiment, self.params(ema), cond, guidance, clip_denoised)
 
     def sampler_settings(self, **changes: Any) -> generate.SamplerSettings:
         """The run's configured sampler (config.sample) with `changes` (method, num_steps, grid, ...) applied."""
         return generate.SamplerSettings.from_config(self.config.sample, **changes)
 
-    def sample(self, num: int, labels: Sequence[int] | None = None, *, method: str | None = None,
-               steps: int | None = None, grid: str | None = None, guidance: float | None = None, seed: int = 0,
-               options: dict[str, Any] | None = None, ema: bool | int = True, batch_size: int | None = None,
-               raw: bool = False, progress: bool | None = False) -> np.ndarray:
+    def sample(self, num: int, labels: Sequence[int] | None = None, *, context: Any = None,
+               method: str | None = None, steps: int | None = None, grid: str | None = None,
+               guidance: float | None = None, seed: int = 0, options: dict[str, Any] | None = None,
+               ema: bool | int = True, batch_size: int | None = None, raw: bool = False,
+               progress: bool | None = False) -> np.ndarray:
         """`num` samples as numpy: uint8 images (N, H, W, C) or float32 points (N, D); raw=True returns the
-        network's data space instead ([-1, 1] float32 images).
+        network's data space instead ([-1, 1] float32 images; a latent run's decoded, `diffax.latents`).
 
-        labels: class of each sample (cycled to `num`), default 0, 1, 2, ...; method, steps, grid, guidance and
-        options default to the run's config.sample; batch_size samples per call (default config.sample.batch_size);
-        progress shows a bar (None: on a terminal).
+        labels: class of each sample (cycled to `num`), default 0, 1, 2, ...; context: the embedding sequence of
+        each sample (N, L, E) for runs on embedding sequences, default those of the first N held-out examples
+        (`generate.sample_conditions`); method, steps, grid, guidance and options default to the run's
+        config.sample; batch_size samples per call (default config.sample.batch_size); progress shows a bar
+        (None: on a terminal).
         """
         settings = self.sampler_settings(method=method, num_steps=steps, grid=grid, guidance_scale=guidance,
                                          options=options)
         samples = generate.generate_samples(
             self.experiment, self.params(ema), settings, self.mesh, num_samples=num, seed=seed,
             batch_size=batch_size or self.config.sample.batch_size, progress=progress,
-            labels=generate.sample_labels(num, self.experiment.num_classes, () if labels is None else labels))
+            cond=generate.sample_conditions(self.experiment, num, () if labels is None else labels, context))
         return samples if raw else generate.to_data_range(samples, self.experiment.is_image)
 
     def _edit(self, edit, images: Any, settings: generate.SamplerSettings, *, labels, seed: int, ema: bool | int,
               batch_size: int | None, raw: bool, masks: Any = None) -> np.ndarray:
         """Runs `edit` (`generate.Edit`) over images (and masks) in batches, like `sample`; without labels a
-        class-conditional run edits with its unconditional denoiser (the null class)."""
-        inputs = {"image": to_model_images(images, self.experiment.example_shape)}
+        conditional run edits with its unconditional denoiser (the null class, or the zero sequence)."""
+        latents = self.experiment.latents
+        inputs = {"image": to_model_images(images, self.experiment.sample_shape)}
         if masks is not None:
-            inputs["mask"] = to_masks(masks, len(inputs["image"]), self.experiment.example_shape)
+            inputs["mask"] = to_masks(masks, len(inputs["image"]), self.experiment.sample_shape)
+        if latents is not None:  # Edit the latents (Stable Diffusion's img2img and latent inpainting).
+            inputs["image"] = latents.encode(inputs["image"])
+            if masks is not None:
+                inputs["mask"] = latent_masks(inputs["mask"], self.experiment.example_shape)
         num = len(inputs["image"])
-        label_array = generate.sample_labels(num, self.experiment.num_classes, () if labels is None else labels)
-        if labels is None and self.experiment.num_classes:  # Unknown classes: the unconditional denoiser.
-            label_array = np.full(num, self.experiment.num_classes, np.int32)
+        conditioning = self.experiment.conditioning
+        if conditioning == "labels" and labels is not None:
+            cond = generate.sample_labels(num, self.experiment.num_classes, labels)
+        else:  # Unknown condition: the unconditional denoiser.
+            cond = generate.null_conditions(self.experiment, num)
             settings = dataclasses.replace(settings, guidance_scale=1.0)
         out = generate.generate_samples(
             self.experiment, self.params(ema), settings, self.mesh, num_samples=num, seed=seed,
-            batch_size=batch_size or self.config.sample.batch_size, edit=edit, inputs=inputs, labels=label_array)
+            batch_size=batch_size or self.config.sample.batch_size, edit=edit, inputs=inputs, cond=cond)
         return out if raw else generate.to_data_range(out, self.experiment.is_image)
 
     def denoise(self, images: Any, noise_std: float, *, steps: int = 0, method: str = "ddpm",
@@ -157,6 +174,9 @@ class Run(TrainedRun):
         25.5 gray levels): steps 0 returns the posterior mean E[x | y] in one network call, steps > 0 draws from
         p(x | y) with `method` (`diffax.sampling.editing.denoise`); intermediates k > 0 returns (N, k + 1, ...):
         k states along the run, then the result."""
+        if self.experiment.latents is not None:
+            raise ValueError("denoise removes Gaussian noise of the images, which is not Gaussian noise of the "
+                             "latents: a latent run (data.autoencoder) has img2img and inpaint")
         std = 2.0 * noise_std if self.experiment.is_image else noise_std  # In the network's data space.
 
         def edit(x0_fn, inputs, noise, keys):
@@ -373,6 +393,15 @@ def to_masks(masks: Any, count: int, example_shape: tuple[int, ...]) -> np.ndarr
         raise ValueError(f"masks of shape {array.shape} do not fit {count} images of shape {shape}") from None
 
 
+def latent_masks(masks: np.ndarray, latent_shape: tuple[int, ...]) -> np.ndarray:
+    """Image masks (N, H, W, C) -> latent masks (N, h, w, c): a latent pixel is repainted where any image pixel of
+    its (H / h) x (W / w) block is."""
+    count, height, width, _ = masks.shape
+    rows, columns = height // latent_shape[0], width // latent_shape[1]
+    blocks = masks.reshape(count, latent_shape[0], rows, latent_shape[1], columns, -1).max(axis=(2, 4, 5))
+    return np.ascontiguousarray(np.broadcast_to(blocks[..., None], (count, *latent_shape)))
+
+
 def load_run(workdir: str, step: int | None = None, *,
              config: ml_collections.ConfigDict | None = None) -> Run | ClassifierRun | AutoencoderRun:
     """The run trained in `workdir` at checkpoint `step` (default: the newest): a `Run`, a `ClassifierRun` for
@@ -390,4 +419,8 @@ def load_run(workdir: str, step: int | None = None, *,
     step = checkpointer.check_step(step)
     kinds = {"classifier": ClassifierRun, "autoencoder": AutoencoderRun}
     kind = kinds.get(config.get("task"), Run)  # Runs saved before `task` existed are diffusion runs.
+    if config.data.get("autoencoder"):  # A latent run: decode samples, encode edited images.
+        from diffax.latents import with_latents  # It loads autoencoder runs with this module's load_run.
+
+        experiment = with_latents(experiment)
     return kind(workdir, config, experiment, checkpointer, step, parallel.mesh_from_config(config.mesh))

@@ -1,7 +1,10 @@
 """A run's config: the file a trained run keeps, command-line overrides, and what a loaded run lets you change.
 
     WORKDIR/run.json   {"config": the resolved config of the run, "data_spec": {"example_shape": [...],
-                        "num_classes": int or null, "is_image": bool}, "diffax_version": "..."}
+                        "num_classes": int or null, "is_image": bool, "context_shape": [L, E] or null,
+                        "latent_scale": float or null, "image_shape": [...] or null, "autoencoder_step": int
+                        or null} (`DataSpec`),
+                        "diffax_version": "..."}
 
 Training writes run.json before its first step. Every mode after training and `diffax.load_run` read it: they
 build the network the run trained, whatever config file the command line names, and never open the data set.
@@ -31,7 +34,8 @@ RUN_FILE = "run.json"
 OPEN_SECTIONS = ("model.kwargs", "sample.options", "diffusion.schedule_kwargs", "diffusion.weighting_kwargs",
                  "diffusion.time_kwargs")
 RUN_KEYS = ("task", "model", "diffusion", "autoencoder.disc_features", "autoencoder.disc_layers", "data.name",
-            "data.split", "data.image_size", "data.pad_to", "data.toy_examples", "train.ema_decays")
+            "data.split", "data.image_size", "data.pad_to", "data.toy_examples", "data.context_key",
+            "data.autoencoder", "data.latent_scale", "train.ema_decays")
 _PREFIX = "--config."
 
 

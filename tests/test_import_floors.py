@@ -1,4 +1,5 @@
-"""The import graph goes one way: math <- kernels, nets, data <- experiment <- train <- run <- modes <- launch.py.
+"""The import graph goes one way: math <- kernels, nets, data <- experiment <- train <- run, latents <- modes <-
+launch.py.
 
 Read from the source with `ast` (every import, also those inside functions): a module may import modules of its
 own floor or lower ones, never a higher floor.
@@ -16,6 +17,7 @@ FLOORS = {
     **dict.fromkeys(("experiment", "generate", "run_config", "convert"), 3),
     **dict.fromkeys(("train", "config_checks"), 4),
     "run": 5,
+    "latents": 5,
     "modes": 6,
 }
 

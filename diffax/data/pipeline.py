@@ -234,9 +234,11 @@ def make_dataset(
     worker_count: int = 0,
     image_key: str = "image",
     label_key: str | None = "label",
+    context_key: str | None = None,
     pad_to: int | tuple[int, int] | None = None,
 ) -> DataIterator:
-    """Batches of a TFDS image data set: {"image": float32 (b, H, W, C) in [-1, 1], "label": int32 (b,)}.
+    """Batches of a TFDS image data set: {"image": float32 (b, H, W, C) in [-1, 1], "label": int32 (b,)}, and
+    "context": float32 (b, L, E) with a context_key.
 
     Args:
       name: a bundled data set (`digits`, `mnist5k`; prepared on first use) or any TFDS data set prepared as
@@ -252,18 +254,21 @@ def make_dataset(
       worker_count: grain worker processes; 0 reads in this process (with threads); -1 (AUTO_WORKERS) as many as
         the host can give (`auto_worker_count`).
       image_key, label_key: feature names; label_key None for unlabelled data (labels are then 0).
+      context_key: a float (L, E) feature (e.g. text-encoder outputs) passed on as "context", or None.
       pad_to: a side or (H, W) to zero-pad every image to, centred, after any resizing; None: no padding.
     Raises:
       FileNotFoundError: the data set is not prepared (the message says how to prepare it).
       ValueError: global_batch_size is not a multiple of shard_count, or other bad arguments.
     """
     spec = sources.dataset_spec(
-        name, split=split, data_dir=data_dir, image_size=image_size, image_key=image_key, label_key=label_key
+        name, split=split, data_dir=data_dir, image_size=image_size, image_key=image_key, label_key=label_key,
+        context_key=context_key,
     )
     padded = sources.image_size_hw(pad_to)
     transform = preprocess.PreprocessImage(
         image_size=spec.image_shape[:2], random_flip=random_flip, image_key=image_key, label_key=label_key,
-        pad_to=padded if padded != spec.image_shape[:2] else None
+        context_key=context_key,
+        pad_to=padded if padded != spec.image_shape[:2] else None,
     )
     return _make_iterator(
         sources.open_source(name, split=split, data_dir=data_dir),

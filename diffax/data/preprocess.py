@@ -51,7 +51,7 @@ def to_unit_range(image: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class PreprocessImage(grain.transforms.RandomMap):
-    """TFDS example -> {"image": float32 (h, w, C) in [-1, 1], "label": int32 ()}.
+    """TFDS example -> {"image": float32 (h, w, C) in [-1, 1], "label": int32 ()[, "context": float32 (L, E)]}.
 
     Attributes:
       image_size: (h, w) to centre-crop and resize to, or None to keep the stored size.
@@ -59,12 +59,14 @@ class PreprocessImage(grain.transforms.RandomMap):
       random_flip: flip left-right with probability 1/2.
       image_key: the image feature's name.
       label_key: the label feature's name, or None for unlabelled data (label 0).
+      context_key: an embedding-sequence feature passed on as "context", or None.
     """
 
     image_size: tuple[int, int] | None
     random_flip: bool
     image_key: str = "image"
     label_key: str | None = "label"
+    context_key: str | None = None
     pad_to: tuple[int, int] | None = None
 
     def random_map(self, element: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -76,4 +78,7 @@ class PreprocessImage(grain.transforms.RandomMap):
         if self.random_flip and rng.random() < 0.5:
             image = image[:, ::-1]
         label = element[self.label_key] if self.label_key else 0
-        return {"image": to_unit_range(image), "label": np.int32(label)}
+        example = {"image": to_unit_range(image), "label": np.int32(label)}
+        if self.context_key:
+            example["context"] = np.asarray(element[self.context_key], np.float32)
+        return example

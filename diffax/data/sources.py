@@ -24,11 +24,13 @@ class DatasetSpec:
       image_shape: (H, W, C) of a preprocessed image (after resizing to `image_size`, if given).
       num_classes: number of label classes, or None when the data set has no class label.
       num_examples: number of examples in the split.
+      context_shape: (L, E) of the embedding-sequence feature named by `context_key`, or None.
     """
 
     image_shape: tuple[int, int, int]
     num_classes: int | None
     num_examples: int
+    context_shape: tuple[int, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +115,25 @@ def image_size_hw(image_size: int | tuple[int, int] | None) -> tuple[int, int] |
     return height, width
 
 
+def context_shape(features, name: str, context_key: str | None) -> tuple[int, int] | None:
+    """(L, E) of the float embedding-sequence feature `context_key` of a data set's features (None: no key).
+
+    Raises:
+      ValueError: the feature is missing or is not a fixed-shape float (L, E) tensor.
+    """
+    if context_key is None:
+        return None
+    if context_key not in features:
+        raise ValueError(f"data set {name!r} has no feature {context_key!r} (data.context_key); its features are "
+                         f"{sorted(features)}")
+    feature = features[context_key]
+    shape, dtype = tuple(feature.shape), np.dtype(feature.np_dtype)
+    if len(shape) != 2 or None in shape or not np.issubdtype(dtype, np.floating):
+        raise ValueError(f"data set {name!r} feature {context_key!r} is {dtype} of shape {shape}: expected a float "
+                         f"embedding sequence of fixed shape (L, E)")
+    return shape
+
+
 def dataset_spec(
     name: str,
     *,
@@ -121,6 +142,7 @@ def dataset_spec(
     image_size: int | tuple[int, int] | None = None,
     image_key: str = "image",
     label_key: str | None = "label",
+    context_key: str | None = None,
     pad_to: int | tuple[int, int] | None = None,
 ) -> DatasetSpec:
     """The spec of what `make_dataset` yields for these arguments, read from the data set's metadata.
@@ -147,4 +169,5 @@ def dataset_spec(
         size = padded
     num_classes = getattr(features[label_key], "num_classes", None) if label_key else None
     num_examples = _check_split(builder, split)
-    return DatasetSpec(image_shape=(*size, channels), num_classes=num_classes, num_examples=num_examples)
+    return DatasetSpec(image_shape=(*size, channels), num_classes=num_classes, num_examples=num_examples,
+                       context_shape=context_shape(features, name, context_key))

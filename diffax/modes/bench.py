@@ -127,23 +127,23 @@ def bench_sampling(experiment: Experiment, mesh, params) -> dict:
     settings = generate.SamplerSettings.from_config(experiment.config.sample,
                                                     num_steps=experiment.config.bench.sample_steps)
     batch_size = experiment.config.sample.batch_size
-    labels = generate.sample_labels(batch_size, experiment.num_classes)
+    cond = generate.null_conditions(experiment, batch_size)  # The shapes, and so the cost, of real ones.
     sharding = parallel.batch_sharding(mesh)
     x = jax.device_put(np.random.default_rng(1).standard_normal((batch_size, *experiment.example_shape),
                                                                 np.float32), sharding)
     t = jax.device_put(np.full((batch_size,), 0.5, np.float32), sharding)
 
     @jax.jit
-    def denoise(params, x, t, labels):
-        return generate.make_denoiser(experiment, params, labels, settings.guidance_scale,
+    def denoise(params, x, t, cond):
+        return generate.make_denoiser(experiment, params, cond, settings.guidance_scale,
                                       settings.clip_denoised)(x, t)
 
-    _, denoise = _compile(denoise, params, x, t, labels)
-    denoise_seconds = seconds_per_call(denoise, params, x, t, labels, repeats=experiment.config.bench.steps)
+    _, denoise = _compile(denoise, params, x, t, cond)
+    denoise_seconds = seconds_per_call(denoise, params, x, t, cond, repeats=experiment.config.bench.steps)
     generator = generate.make_generator(experiment, settings, mesh, batch_size)
     indices = np.arange(batch_size, dtype=np.int32)
-    compile_seconds, sampler = _compile(generator, params, jnp.uint32(0), indices, labels, {})
-    sample_seconds = seconds_per_call(sampler, params, jnp.uint32(0), indices, labels, {}, repeats=1)
+    compile_seconds, sampler = _compile(generator, params, jnp.uint32(0), indices, cond, {})
+    sample_seconds = seconds_per_call(sampler, params, jnp.uint32(0), indices, cond, {}, repeats=1)
     sampler_step_seconds = sample_seconds / settings.num_steps
     return {"sample_batch_size": batch_size, "denoiser_ms": 1e3 * denoise_seconds,
             "denoiser_examples_per_second": batch_size / denoise_seconds,

@@ -3,8 +3,9 @@ raw and every EMA parameter set, and the quality of its samples.
 
     loss          (eval.loss) the training objective on eval.num_batches batches of data.eval_split, with noise
                   and times drawn from PRNGKey(seed) per batch (the same draws for every parameter set)
-    bits_per_dim  (images, eval.bits_per_dim) the probability-flow ODE likelihood of eval.bpd_examples held-out
-                  images, uniformly dequantized (diffax.likelihood), with the unconditional denoiser
+    bits_per_dim  (pixel images, not latents; eval.bits_per_dim) the probability-flow ODE likelihood of
+                  eval.bpd_examples held-out images, uniformly dequantized (diffax.likelihood), with the
+                  unconditional denoiser
     samples       eval.num_samples samples with the config's sampler settings and EMA (sample.*), scored by
                   FCD / FID, KID, precision/recall, density/coverage, or exactly on mixtures
                   (`diffax.modes.sample_quality`)
@@ -32,6 +33,7 @@ from diffax.experiment import Experiment, make_iterator
 from diffax.modes import evaluate_autoencoder, evaluate_classifier
 from diffax.modes.sample import sample_file_stem
 from diffax.modes.sample_quality import evaluate_samples
+from diffax.latents import encode_batch
 from diffax.run import Run, load_run
 from diffax.train.metrics import MetricWriter
 from diffax.train.step import make_loss_fn
@@ -55,7 +57,7 @@ def heldout_loss(experiment: Experiment, parameter_sets: dict[str, Any], mesh) -
     totals = dict.fromkeys(parameter_sets, 0.0)
     sharding = parallel.batch_sharding(mesh)
     for index in range(config.eval.num_batches):
-        batch = parallel.global_batch(next(iterator), sharding)
+        batch = encode_batch(experiment, parallel.global_batch(next(iterator), sharding))
         key = jax.random.fold_in(jax.random.PRNGKey(config.seed), index)
         for name, params in parameter_sets.items():
             totals[name] += float(parallel.to_host(batch_loss(params, batch, key)))
@@ -97,12 +99,14 @@ def evaluate(trained: Run, config: ml_collections.ConfigDict) -> tuple[dict[str,
     None) of a loaded run under `config` (its own with eval/sample changes), written to the run's workdir."""
     experiment, mesh, step, workdir = trained.experiment, trained.mesh, trained.step, trained.workdir
     heldout = {}
-    if config.eval.loss or (experiment.is_image and config.eval.bits_per_dim):
+    # Bits/dim are of the network's data: pixel images, not latents (whose density omits the decoder's).
+    bits_per_dim = experiment.is_image and config.eval.bits_per_dim and experiment.latents is None
+    if config.eval.loss or bits_per_dim:
         parameter_sets = _parameter_sets(trained)
         if config.eval.loss:
             heldout.update({f"eval/loss/{name}": value
                             for name, value in heldout_loss(experiment, parameter_sets, mesh).items()})
-        if experiment.is_image and config.eval.bits_per_dim:
+        if bits_per_dim:
             heldout.update({f"eval/bits_per_dim/{name}": value
                             for name, value in heldout_bits_per_dim(experiment, parameter_sets, mesh).items()})
         _write_json(epath.Path(workdir) / f"eval_{step:07d}.json", {"step": step, **heldout})

@@ -29,7 +29,8 @@ from jax.experimental import multihost_utils
 from diffax import console, generate, parallel, signals
 from diffax.checkpoint import Checkpointer
 from diffax.evaluation import grid
-from diffax.experiment import Experiment, build_experiment, make_iterator
+from diffax.experiment import Experiment
+from diffax.latents import build_latent_experiment, training_data
 from diffax.run_config import read_run_file, write_run_file
 from diffax.train import metrics as metrics_lib
 from diffax.train.optimizer import task_optimizer
@@ -84,7 +85,7 @@ def write_samples(experiment: Experiment, state: TrainState, mesh: jax.sharding.
     samples = generate.generate_samples(
         experiment, params, generate.SamplerSettings.from_config(sample_config), mesh,
         num_samples=sample_config.num_samples, seed=config.seed, batch_size=sample_config.batch_size,
-        labels=generate.sample_labels(sample_config.num_samples, experiment.num_classes, sample_config.labels))
+        cond=generate.sample_conditions(experiment, sample_config.num_samples, sample_config.labels))
     path = str(epath.Path(workdir) / "samples" / f"step_{step:07d}.png")
     if jax.process_index() == 0:
         image = grid.samples_png(samples, path, experiment.is_image, columns=experiment.num_classes)
@@ -120,7 +121,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     (`diffax.signals.requested()` then says which); returns the final state."""
     train_config = config.train
     saved = read_run_file(workdir)
-    experiment = build_experiment(config, saved[1] if saved else None)
+    experiment = build_latent_experiment(config, saved[1] if saved else None)
     if jax.process_index() == 0:
         write_run_file(workdir, config, experiment.spec)
     mesh = parallel.mesh_from_config(config.mesh)
@@ -142,8 +143,7 @@ def _loop(experiment: Experiment, mesh: jax.sharding.Mesh, checkpointer: Checkpo
     runner = StepRunner(experiment, task_optimizer(config), mesh, abstract)
     held = runner.hold(state)  # What the runner takes and returns.
     del state
-    iterator = make_iterator(config, split=config.data.split, global_batch_size=train_config.batch_size,
-                             seed=config.seed)
+    iterator, to_inputs = training_data(experiment, global_batch_size=train_config.batch_size, seed=config.seed)
     if data_state is not None:
         iterator.set_state(data_state)
     batch_sharding = parallel.batch_sharding(mesh, leading_axes=1)
@@ -161,8 +161,8 @@ def _loop(experiment: Experiment, mesh: jax.sharding.Mesh, checkpointer: Checkpo
         with signals.handled():
             while step < train_config.num_steps:
                 local = [next(iterator) for _ in range(per_call)]
-                batches = parallel.global_batch({key: np.stack([b[key] for b in local]) for key in local[0]},
-                                                batch_sharding, example_axis=1)
+                stacked = {key: np.stack([b[key] for b in local]) for key in local[0]}
+                batches = to_inputs(parallel.global_batch(stacked, batch_sharding, example_axis=1))
                 held, step_metrics = runner(held, batches)
                 pending.append((step, step_metrics))
                 step += per_call
@@ -209,7 +209,7 @@ def restore_train_state(config: ml_collections.ConfigDict, workdir: str, step: i
     """(experiment, mesh, whole train state) of checkpoint `step` (default: the newest) of the run in `workdir`,
     placed on `config`'s mesh."""
     saved = read_run_file(workdir)
-    experiment = build_experiment(config, saved[1] if saved else None)
+    experiment = build_latent_experiment(config, saved[1] if saved else None)
     mesh = parallel.mesh_from_config(config.mesh)
     checkpointer = Checkpointer(workdir, max_to_keep=None)
     try:

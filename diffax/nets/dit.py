@@ -33,7 +33,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from diffax.nets.attention import Attention, AttentionImplementation
-from diffax.nets.embeddings import ConditioningEmbedding, EmbeddingType, sincos_2d_positions, split_condition
+from diffax.nets.embeddings import (ConditioningEmbedding, EmbeddingType, LabelConditioning, labels_and_context,
+                                    sincos_2d_positions)
 from diffax.nets.lean_grads import NormImplementation, gelu_tanh, modulated_layer_norm
 from diffax.nets.layers import (DENSE, NORMALIZED, Dtype, PatchEmbed, maybe_remat, pad_to_multiple, xavier_init,
                                 zero_init)
@@ -81,6 +82,9 @@ class DiT(nn.Module):
       frequency_dim: width of the sinusoidal noise-level embedding (256 in DiT).
       embedding_type, noise_scale: the noise-level embedding (see `diffax.nets.embeddings`).
       num_classes: class-conditional with a learned null class (index num_classes); None = no labels.
+      label_conditioning: labels in the adaLN conditioning ('embedding', DiT) or cross-attended as a one-token
+        context ('cross_attention', LDM); see `diffax.nets.embeddings`.
+      context_features: width of that label context; None = hidden_size.
       cross_attention: cross-attend to cond (B, L, E) in every block.
       out_channels: output channels; None = same as the input (DiT's learn_sigma uses 2 * C).
       remat: False, 'full' (or True), or what to keep, e.g. 'dots' or 'dense+attention+norms' (see
@@ -100,6 +104,8 @@ class DiT(nn.Module):
     embedding_type: EmbeddingType = "sinusoidal"
     noise_scale: float = 1000.0
     num_classes: int | None = None
+    label_conditioning: LabelConditioning = "embedding"
+    context_features: int | None = None
     cross_attention: bool = False
     out_channels: int | None = None
     remat: bool | str = False
@@ -123,8 +129,11 @@ class DiT(nn.Module):
         `train` is accepted for the common contract; DiT has no dropout.
         """
         del train
-        labels, context = split_condition(cond, batch=x.shape[0], num_classes=self.num_classes,
-                                          cross_attention=self.cross_attention)
+        labels, context = labels_and_context(cond, batch=x.shape[0], num_classes=self.num_classes,
+                                             cross_attention=self.cross_attention,
+                                             label_conditioning=self.label_conditioning,
+                                             context_features=self.context_features or self.hidden_size,
+                                             param_dtype=self.param_dtype)
         precision = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         batch, height, width, channels = x.shape
         p, out_channels = self.patch_size, self.out_channels or channels
@@ -134,7 +143,9 @@ class DiT(nn.Module):
         tokens = PatchEmbed(self.hidden_size, p, name="patch_embed", **precision)(h)
         tokens = tokens + sincos_2d_positions(grid_h, grid_w, self.hidden_size).astype(self.dtype)
         c = nn.silu(ConditioningEmbedding(self.hidden_size, self.frequency_dim, self.embedding_type,
-                                          self.noise_scale, num_classes=self.num_classes, name="embedding",
+                                          self.noise_scale, name="embedding",
+                                          num_classes=self.num_classes if self.label_conditioning == "embedding"
+                                          else None,
                                           param_dtype=self.param_dtype)(noise_level, labels))
 
         block_cls = maybe_remat(DiTBlock, self.remat)

@@ -12,7 +12,13 @@ Conditioning `cond` (one argument, its kind told by its shape; see `split_condit
     None        unconditional; a class-conditional network then uses the null class
     (B,) int    class labels in [0, num_classes]; index `num_classes` is the learned null class of classifier-free
                 guidance (Ho & Salimans 2022), see `drop_labels`
-    (B, L, E)   an embedding sequence, read through cross-attention (networks built with `cross_attention=True`)
+    (B, L, E)   an embedding sequence, read through cross-attention (networks built with `cross_attention=True`);
+                its null is the zero sequence, see `drop_context`
+
+Labels reach a network in one of two ways (`LabelConditioning`): 'embedding' adds a learned label vector to the
+noise-level embedding (ADM, DiT); 'cross_attention' maps the label to a learned one-token context (B, 1, E) that
+every attention block reads (LDM's class-conditional ImageNet model, Rombach et al. 2022: its ClassEmbedder). Both
+tables have num_classes + 1 rows, the last the null class, so label dropout and guidance are the same for both.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import numpy as np
 
 Dtype = Any
 EmbeddingType = Literal["sinusoidal", "fourier"]
+LabelConditioning = Literal["embedding", "cross_attention"]
+LABEL_CONDITIONINGS = ("embedding", "cross_attention")
 
 
 def sinusoidal_embedding(x: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
@@ -95,19 +103,49 @@ def drop_labels(key: jax.Array, labels: jax.Array, p: float, num_classes: int) -
     return jnp.where(drop, num_classes, labels)
 
 
+def drop_context(key: jax.Array, context: jax.Array, p: float) -> jax.Array:
+    """Replaces each embedding sequence by the null context, zeros, with probability p (classifier-free guidance
+    training on data-fed sequences, as SDXL zeroes dropped embeddings).
+
+    Args:
+      context: (B, L, E).
+    Returns:
+      (B, L, E), each sequence all zeros with probability p, else unchanged.
+    """
+    drop = jax.random.bernoulli(key, p, context.shape[:1])
+    return jnp.where(drop[:, None, None], jnp.zeros((), context.dtype), context)
+
+
+def null_condition(cond: jax.Array, num_classes: int | None) -> jax.Array:
+    """The null of `cond` that guidance contrasts with: the null class `num_classes` for (B,) int labels, the zero
+    sequence for (B, L, E) embeddings (what `drop_labels` and `drop_context` train)."""
+    if jnp.issubdtype(cond.dtype, jnp.integer):
+        if num_classes is None:
+            raise ValueError("class labels need num_classes to name the null class")
+        return jnp.full_like(cond, num_classes)
+    return jnp.zeros_like(cond)
+
+
 def split_condition(
-    cond: jax.Array | None, *, batch: int, num_classes: int | None, cross_attention: bool
+    cond: jax.Array | None, *, batch: int, num_classes: int | None, cross_attention: bool,
+    label_conditioning: LabelConditioning = "embedding",
 ) -> tuple[jax.Array | None, jax.Array | None]:
     """Tells labels from an embedding sequence and checks them against what the network was built for.
 
     Args:
       cond: None, (B,) int labels, or a (B, L, E) embedding sequence.
       batch: B, the batch size of x.
+      label_conditioning: with 'cross_attention' the labels (or, for cond None, the null class) are read through
+        cross-attention (`LabelContext`), so no data sequence is needed.
     Returns:
       (labels, context): (B,) int or None, and (B, L, E) or None.
     """
+    if label_conditioning not in LABEL_CONDITIONINGS:
+        raise ValueError(f"label_conditioning {label_conditioning!r}: expected one of {LABEL_CONDITIONINGS}")
+    if label_conditioning == "cross_attention" and num_classes is None:
+        raise ValueError("label_conditioning='cross_attention' needs num_classes")
     if cond is None:
-        if cross_attention:
+        if cross_attention and label_conditioning != "cross_attention":
             raise ValueError("this network was built with cross_attention=True and needs cond of shape (B, L, E)")
         return None, None
     if cond.shape[0] != batch:
@@ -164,3 +202,37 @@ class ConditioningEmbedding(nn.Module):
                              param_dtype=self.param_dtype)
             emb = emb + table(labels)
         return emb
+
+
+class LabelContext(nn.Module):
+    """Class label -> a one-token context (B, 1, features) for cross-attention: LDM's ClassEmbedder (Rombach et al.
+    2022, its cin256 model), a learned table of num_classes + 1 rows, the last the null class (labels None: every
+    example the null class). Initialized N(0, 1) like torch's nn.Embedding, which LDM uses: the context is read by
+    the attention's key and value projections, so its scale sets the attention logits' from the start."""
+
+    num_classes: int
+    features: int
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, labels: jax.Array | None, batch: int) -> jax.Array:
+        """labels (B,) int or None -> (B, 1, features) float32."""
+        if labels is None:
+            labels = jnp.full((batch,), self.num_classes, jnp.int32)
+        table = nn.Embed(self.num_classes + 1, self.features, embedding_init=nn.initializers.normal(1.0),
+                         param_dtype=self.param_dtype)
+        return table(labels)[:, None, :]
+
+
+def labels_and_context(cond: jax.Array | None, *, batch: int, num_classes: int | None, cross_attention: bool,
+                       label_conditioning: LabelConditioning, context_features: int,
+                       param_dtype: Dtype = jnp.float32) -> tuple[jax.Array | None, jax.Array | None]:
+    """What a network's blocks read of `cond` (call inside its compact `__call__`): (labels for
+    `ConditioningEmbedding` (B,) or None, context for cross-attention (B, L, E) or None). With label_conditioning
+    'cross_attention' the labels become the context through a `LabelContext` of width `context_features`, named
+    'label_context', and the embedding gets none."""
+    labels, context = split_condition(cond, batch=batch, num_classes=num_classes, cross_attention=cross_attention,
+                                      label_conditioning=label_conditioning)
+    if label_conditioning == "cross_attention":
+        return None, LabelContext(num_classes, context_features, param_dtype, name="label_context")(labels, batch)
+    return labels, context

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from diffax.nets.attention import AttentionImplementation, SpatialAttention
-from diffax.nets.embeddings import ConditioningEmbedding, EmbeddingType, split_condition
+from diffax.nets.embeddings import ConditioningEmbedding, EmbeddingType, LabelConditioning, labels_and_context
 from diffax.nets.layers import (
     Downsample,
     Dtype,
@@ -63,6 +63,9 @@ class UNet(nn.Module):
       emb_mult: conditioning width = emb_mult * channels.
       embedding_type, noise_scale: the noise-level embedding (see `diffax.nets.embeddings`).
       num_classes: class-conditional with a learned null class (index num_classes); None = no labels.
+      label_conditioning: labels added to the noise-level embedding ('embedding', ADM) or read by every attention
+        block as a one-token context ('cross_attention', LDM); see `diffax.nets.embeddings`.
+      context_features: width of that label context; None = the conditioning width emb_mult * channels.
       cross_attention: attend to cond (B, L, E) in every attention block.
       out_channels: output channels; None = same as the input.
       remat: False, 'full' (or True) or '+'-joined parts to keep such as 'dots': see `maybe_remat`.
@@ -86,6 +89,8 @@ class UNet(nn.Module):
     embedding_type: EmbeddingType = "sinusoidal"
     noise_scale: float = 1000.0
     num_classes: int | None = None
+    label_conditioning: LabelConditioning = "embedding"
+    context_features: int | None = None
     cross_attention: bool = False
     out_channels: int | None = None
     norm_eps: float = 1e-6
@@ -102,11 +107,16 @@ class UNet(nn.Module):
             raise ValueError(f"resample {self.resample!r}: expected 'conv' or 'resblock'")
         if self.decoder_attention not in ("all", "last"):
             raise ValueError(f"decoder_attention {self.decoder_attention!r}: expected 'all' or 'last'")
-        labels, context = split_condition(cond, batch=x.shape[0], num_classes=self.num_classes,
-                                          cross_attention=self.cross_attention)
+        width = self.emb_mult * self.channels
+        labels, context = labels_and_context(cond, batch=x.shape[0], num_classes=self.num_classes,
+                                             cross_attention=self.cross_attention,
+                                             label_conditioning=self.label_conditioning,
+                                             context_features=self.context_features or width,
+                                             param_dtype=self.param_dtype)
         precision = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        emb = nn.silu(ConditioningEmbedding(self.emb_mult * self.channels, self.channels, self.embedding_type,
-                                            self.noise_scale, num_classes=self.num_classes, name="embedding",
+        embedded_classes = self.num_classes if self.label_conditioning == "embedding" else None
+        emb = nn.silu(ConditioningEmbedding(width, self.channels, self.embedding_type, self.noise_scale,
+                                            num_classes=embedded_classes, name="embedding",
                                             param_dtype=self.param_dtype)(noise_level, labels))
         res_block_cls = maybe_remat(ResBlock, self.remat, static_argnums=(3,))
         attention_cls = maybe_remat(SpatialAttention, self.remat)

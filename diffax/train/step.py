@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 
 from diffax import objectives, parallel
 from diffax.experiment import Experiment
-from diffax.nets import drop_labels
+from diffax.nets.embeddings import drop_context, drop_labels
 from diffax.train.optimizer import clip_by_global_norm, learning_rate_schedule
 from diffax.train.state import TrainState, update_ema
 
@@ -37,17 +37,22 @@ LossFn = Callable[[dict, Batch, jax.Array, bool], tuple[jax.Array, Metrics]]
 def denoising_loss_fn(experiment: Experiment) -> LossFn:
     """loss_fn(params, batch, key, train) -> (loss, metrics {"loss", "eps_mse", "x0_mse"}): the config's denoising
     loss on batch["image"] (`diffax.objectives.denoising_loss`), conditioned on batch["label"] where the network
-    is class-conditional."""
+    is class-conditional, on batch["context"] where it reads embedding sequences; in training each condition is
+    replaced by its null (the null class, the zero sequence) with probability model.label_dropout."""
     config = experiment.config
     diffusion = config.diffusion
 
     def loss_fn(params, batch: Batch, key: jax.Array, train: bool = True):
         label_key, dropout_key, loss_key = jax.random.split(key, 3)
-        cond = None
-        if experiment.num_classes:
+        cond, dropout = None, config.model.label_dropout if train else 0.0
+        if experiment.conditioning == "labels":
             cond = batch["label"]
-            if train and config.model.label_dropout > 0:
-                cond = drop_labels(label_key, cond, config.model.label_dropout, experiment.num_classes)
+            if dropout > 0:
+                cond = drop_labels(label_key, cond, dropout, experiment.num_classes)
+        elif experiment.conditioning == "embeddings":
+            cond = batch["context"]
+            if dropout > 0:
+                cond = drop_context(label_key, cond, dropout)
         net_fn = experiment.net_fn(params, train=train, dropout_key=dropout_key if train else None)
         return objectives.denoising_loss(
             net_fn, batch["image"], loss_key, schedule=experiment.schedule, prediction=diffusion.prediction,

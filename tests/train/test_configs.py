@@ -8,7 +8,7 @@ import pytest
 from train_helpers import launch, tiny_digits
 
 RECIPES = ("toy2d", "digits", "mnist", "cifar10_ddpm", "cifar10_edm", "imagenet64", "classifier_digits",
-           "classifier_mnist", "autoencoder_mnist", "autoencoder_kl_f8")
+           "classifier_mnist", "autoencoder_mnist", "autoencoder_kl_f8", "ldm_mnist", "ldm_imagenet256")
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -76,6 +76,14 @@ def tiny_digits(**overrides):
     return config
 
 
+def perturbed(params, scale: float = 0.05, seed: int = 3, zeros: bool = False):
+    """params + N(0, scale^2) noise (drawn with numpy: nothing compiles), or with zeros=True that noise alone on
+    the shapes of `params` (e.g. from jax.eval_shape): a fresh init's zero output layers hide what a network reads."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda leaf: (0 if zeros else np.asarray(leaf)) + scale * rng.standard_normal(
+        leaf.shape).astype(np.float32), params)
+
+
 def train_on_random_batches(experiment, steps: int):
     """(train state after `steps` runner calls on fixed random batches, the runner), as training runs them."""
     from diffax import parallel
