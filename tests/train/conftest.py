@@ -32,23 +32,11 @@ def compilation_cache(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def mnist_tfds_dir(tmp_path_factory) -> str:
-    """A TFDS data directory with the bundled `mnist5k` prepared."""
-    from diffax.data import builders
+def tiny_autoencoder_run(tmp_path_factory, mnist5k_data_dir) -> str:
+    """The workdir of configs/autoencoder_mnist.py:tiny trained by launch.py (4 steps, checkpoints at 2 and 4, the
+    discriminator from step 2; 32x32 images, 8x8x4 latents), shared by the autoencoder and latent-diffusion tests."""
+    from train_helpers import launch
 
-    path = str(tmp_path_factory.mktemp("mnist_tfds"))
-    builders.prepare("mnist5k", path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_autoencoder_run(tmp_path_factory, mnist_tfds_dir) -> str:
-    """The workdir of a trained configs/autoencoder_mnist.py:tiny run (4 steps; 32x32 images, 8x8x4 latents)."""
-    from configs import autoencoder_mnist
-    from diffax.modes.train import train
-
-    config = autoencoder_mnist.get_config("tiny")
-    config.data.data_dir = mnist_tfds_dir
-    path = str(tmp_path_factory.mktemp("autoencoder_tiny"))
-    train(config, path)
-    return path
+    path = tmp_path_factory.mktemp("autoencoder_tiny")
+    launch("configs/autoencoder_mnist.py:tiny", path, f"--config.data.data_dir={mnist5k_data_dir}")
+    return str(path)

@@ -3,6 +3,7 @@ in its metrics, resume, eval's PSNR / SSIM, `load_run` encode / decode), the net
 configs/autoencoder_kl_f8.py (traced), and the errors of a bad autoencoder config."""
 
 import json
+import pathlib
 import shutil
 
 import numpy as np
@@ -12,12 +13,10 @@ from train_helpers import assert_trees_equal, launch, load_state
 
 
 @pytest.fixture(scope="module")
-def ae_run(tmp_path_factory, mnist5k_data_dir):
-    """(workdir, data_dir) of configs/autoencoder_mnist.py:tiny trained by launch.py: 4 steps, checkpoints at 2 and
-    4, the discriminator from step 2."""
-    workdir = tmp_path_factory.mktemp("ae_tiny")
-    launch("configs/autoencoder_mnist.py:tiny", workdir, f"--config.data.data_dir={mnist5k_data_dir}")
-    return workdir, mnist5k_data_dir
+def ae_run(tiny_autoencoder_run, mnist5k_data_dir):
+    """(workdir, data_dir) of the session's configs/autoencoder_mnist.py:tiny run, trained by launch.py: 4 steps,
+    checkpoints at 2 and 4, the discriminator from step 2."""
+    return pathlib.Path(tiny_autoencoder_run), mnist5k_data_dir
 
 
 def _config(workdir):

@@ -22,11 +22,11 @@ def ldm_config(autoencoder: str, data_dir: str):
 
 
 @pytest.fixture(scope="module")
-def ldm_run(tmp_path_factory, tiny_autoencoder_run, mnist_tfds_dir):
+def ldm_run(tmp_path_factory, tiny_autoencoder_run, mnist5k_data_dir):
     from diffax.modes.train import train
 
     path = str(tmp_path_factory.mktemp("ldm_tiny"))
-    train(ldm_config(tiny_autoencoder_run, mnist_tfds_dir), path)
+    train(ldm_config(tiny_autoencoder_run, mnist5k_data_dir), path)
     return path
 
 
@@ -78,28 +78,28 @@ def test_the_latent_cache_holds_every_training_example_once(ldm_run):
 
 
 def test_latent_configs_name_a_missing_or_wrong_autoencoder(tmp_path, ldm_run, tiny_autoencoder_run,
-                                                           mnist_tfds_dir):
+                                                           mnist5k_data_dir):
     from diffax.config_checks import check_autoencoder_run, validate_config
     from diffax.latents import latent_spec
 
     missing = str(tmp_path / "nothing_here")
     with pytest.raises(ValueError, match=f"config.data.autoencoder = '{missing}': expected the workdir of a trained "
                                          f"autoencoder run \\(there is no run there\\)"):
-        check_autoencoder_run(ldm_config(missing, mnist_tfds_dir))  # At launch, before anything compiles.
+        check_autoencoder_run(ldm_config(missing, mnist5k_data_dir))  # At launch, before anything compiles.
     with pytest.raises(FileNotFoundError, match=f"config.data.autoencoder = '{missing}'"):
-        latent_spec(ldm_config(missing, mnist_tfds_dir))
+        latent_spec(ldm_config(missing, mnist5k_data_dir))
     with pytest.raises(ValueError, match=f"config.data.autoencoder = '{ldm_run}': expected the workdir of an "
                                          f"autoencoder run \\(config.task = 'autoencoder'\\), not of a diffusion run"):
-        check_autoencoder_run(ldm_config(ldm_run, mnist_tfds_dir))
+        check_autoencoder_run(ldm_config(ldm_run, mnist5k_data_dir))
     with pytest.raises(ValueError, match=f"config.data.autoencoder = '{ldm_run}' holds a diffusion run, not an "
                                          f"autoencoder run"):
-        latent_spec(ldm_config(ldm_run, mnist_tfds_dir))
-    check_autoencoder_run(ldm_config(tiny_autoencoder_run, mnist_tfds_dir))
-    unpadded = ldm_config(tiny_autoencoder_run, mnist_tfds_dir)
+        latent_spec(ldm_config(ldm_run, mnist5k_data_dir))
+    check_autoencoder_run(ldm_config(tiny_autoencoder_run, mnist5k_data_dir))
+    unpadded = ldm_config(tiny_autoencoder_run, mnist5k_data_dir)
     unpadded.data.pad_to = None
     with pytest.raises(ValueError, match=r"images of shape \(28, 28, 1\), but the autoencoder .* \(32, 32, 1\)"):
         latent_spec(unpadded)
-    flipped = ldm_config(tiny_autoencoder_run, mnist_tfds_dir)
+    flipped = ldm_config(tiny_autoencoder_run, mnist5k_data_dir)
     flipped.data.latent_cache = flipped.data.random_flip = True
     with pytest.raises(ValueError, match="config.data.latent_cache = True: expected False with data.random_flip"):
         validate_config(flipped)
