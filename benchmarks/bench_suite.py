@@ -40,7 +40,8 @@ COLUMNS = [("case", "{}"), ("mode", "{}"), ("devices", "{}"), ("device_kind", "{
            ("train_examples_per_second", "{:,.0f}"), ("efficiency", "{:.1%}"), ("mfu", "{:.1%}"),
            ("train_peak_memory_bytes", "{:.1f} GiB"), ("train_compile_seconds", "{:.0f} s"),
            ("sample_batch_size", "{}"), ("denoiser_examples_per_second", "{:,.0f}"),
-           ("sampler_step_over_denoiser", "{:.3f}"), ("loss_relative_error", "{:.1e}"),
+           ("sampler_step_over_denoiser", "{:.3f}"), ("sample_end_to_end_examples_per_second", "{:,.0f}"),
+           ("loss_relative_error", "{:.1e}"),
            ("output_relative_error", "{:.1e}")]
 
 

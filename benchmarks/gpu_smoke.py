@@ -4,8 +4,10 @@
     python benchmarks/gpu_smoke.py --recipes mnist --dtypes bfloat16 --full_size "" --out /tmp/smoke   # one case
 
 Each recipe of RECIPES runs in one process (one JAX start for all) through the modes `launch.py` dispatches to:
-`train` for 2 dispatches, `sample` 16 samples in 8 sampler steps, `eval` (held-out loss on one batch, bits/dim of 2
-images at rtol 1e-2, and sample quality where it is exact without a feature network: toy2d). The recipe runs as
+`train` for 2 dispatches, then for diffusion recipes `sample` 16 samples in 8 sampler steps and `eval` (held-out
+loss on one batch, bits/dim of 2 images at rtol 1e-2, and sample quality where it is exact without a feature
+network: toy2d), for classifiers and autoencoders `eval` (accuracy; PSNR / SSIM). The latent recipes encode through
+the autoencoder_mnist run of the same dtype made just before. The recipe runs as
 RECIPES says: in full where its data are bundled (digits, mnist, toy2d: the networks the recipes train), and as its
 `cpu` variant where the data are not (CIFAR-10 and ImageNet are not prepared here; those variants keep the recipe's
 objective and sampler on bundled digits with a tiny UNet). The --full_size recipes then run `bench` with the full
@@ -30,16 +32,29 @@ import traceback
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# recipe: the variant the run uses ("" for the full recipe).
-RECIPES = {"mnist": "", "digits": "", "toy2d": "", "cifar10_ddpm": "cpu", "cifar10_edm": "cpu", "imagenet64": "cpu"}
-FULL_SIZE = ("cifar10_ddpm", "cifar10_edm", "imagenet64")
+# recipe: the variant the run uses ("" for the full recipe). The autoencoder runs come before the latent recipes,
+# which encode through the autoencoder_mnist run of the same dtype.
+RECIPES = {"mnist": "", "digits": "", "toy2d": "", "cifar10_ddpm": "cpu", "cifar10_edm": "cpu", "imagenet64": "cpu",
+           "classifier_digits": "", "classifier_mnist": "", "autoencoder_mnist": "", "autoencoder_kl_f8": "cpu",
+           "ldm_mnist": "", "ldm_imagenet256": "cpu"}
+# recipe: bench.example_shape of its full-size network ("" for the data set's own).
+FULL_SIZE = {"cifar10_ddpm": "", "cifar10_edm": "", "imagenet64": "", "autoencoder_kl_f8": "",
+             "ldm_imagenet256": "64,64,3"}
+LATENT_SOURCE = "autoencoder_mnist"
+AFTER_TRAINING = {"diffusion": ("sample", "eval"), "classifier": ("eval",), "autoencoder": ("eval",)}
 SAMPLES = 16
 
 
-def recipe_config(recipe: str, variant: str, dtype: str):
+def run_dir(out: str, recipe: str, variant: str, dtype: str, kind: str) -> str:
+    return os.path.join(out, "runs", f"{recipe}_{variant or 'full'}_{dtype}_{kind}")
+
+
+def recipe_config(recipe: str, variant: str, dtype: str, out: str):
     """The recipe's config shrunk to a smoke run: 2 dispatches, small sampling and evaluation."""
     config = importlib.import_module(f"configs.{recipe}").get_config(variant)
     config.model.compute_dtype = dtype
+    if config.data.get("autoencoder"):
+        config.data.autoencoder = run_dir(out, LATENT_SOURCE, RECIPES[LATENT_SOURCE], dtype, "smoke_run")
     train = config.train
     train.num_steps = train.checkpoint_every = 2 * train.steps_per_dispatch
     train.log_every = train.steps_per_dispatch
@@ -67,27 +82,30 @@ def timed(name: str, fn) -> dict:
     return {"stage": name, "status": status, "seconds": time.perf_counter() - start}
 
 
-def smoke_run(recipe: str, dtype: str, workdir: str) -> list[dict]:
-    """train, then sample and eval on the run's saved config (as `launch.py` does for those modes)."""
+def smoke_run(recipe: str, dtype: str, out: str) -> list[dict]:
+    """train, then the modes its task has (AFTER_TRAINING) on the run's saved config (as `launch.py` does)."""
     from diffax.config_checks import validate_config
     from diffax.modes import MODES
     from diffax.run_config import resolve_config
 
-    config = recipe_config(recipe, RECIPES[recipe], dtype)
+    workdir = run_dir(out, recipe, RECIPES[recipe], dtype, "smoke_run")
+    config = recipe_config(recipe, RECIPES[recipe], dtype, out)
     validate_config(config)
     rows = [timed("train", lambda: MODES["train"](config, workdir))]
     if rows[0]["status"] == "ok":
         saved = resolve_config(False, None, workdir, {})
-        rows += [timed(mode, lambda mode=mode: MODES[mode](saved, workdir)) for mode in ("sample", "eval")]
+        rows += [timed(mode, lambda mode=mode: MODES[mode](saved, workdir)) for mode in AFTER_TRAINING[config.task]]
     return rows
 
 
-def full_size_bench(recipe: str, dtype: str, workdir: str) -> list[dict]:
+def full_size_bench(recipe: str, dtype: str, out: str) -> list[dict]:
     """One train dispatch of the full recipe's network at batch 8 on synthetic data (`--mode bench`)."""
     from diffax.modes import MODES
 
+    workdir = run_dir(out, recipe, "", dtype, "full_size_bench")
     config = importlib.import_module(f"configs.{recipe}").get_config("")
     config.model.compute_dtype = dtype
+    config.bench.example_shape = FULL_SIZE[recipe]
     config.mesh.fsdp = 1  # imagenet64 shards over 8 devices; batch 8 of the full network fits on one.
     config.bench.batch_size = 8
     config.bench.steps = 1
@@ -116,8 +134,7 @@ def main() -> None:
     rows = []
     for run, recipe, dtype in cases:
         variant = "full" if run is full_size_bench else (RECIPES[recipe] or "full")
-        workdir = os.path.join(args.out, "runs", f"{recipe}_{variant}_{dtype}_{run.__name__}")
-        for row in run(recipe, dtype, workdir):
+        for row in run(recipe, dtype, args.out):
             row = {"recipe": recipe, "variant": variant, "dtype": dtype, "device": device, **row}
             rows.append(row)
             print(json.dumps(row), flush=True)

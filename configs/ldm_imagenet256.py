@@ -1,11 +1,13 @@
 """LDM-4 class-conditional ImageNet 256x256 (Rombach et al. 2022; LDM's configs/latent-diffusion/cin256-v2.yaml):
 a UNet on the 64x64x3 latents of an f = 4 first stage, 192 channels, mults (1, 2, 3, 5), 2 res blocks, attention at
-latent downsampling 2, 4 and 8 with 32-channel heads, labels through cross-attention as a 512-wide learned context
-(LDM's ClassEmbedder), linear betas 0.0015..0.0195 over 1000 steps, eps prediction, and LDM's learning-rate rule
-(1e-6 per image of the global batch, its scale_lr). Differences: the first stage is a KL f = 4 autoencoder
-(configs/autoencoder_kl_f8.py with model.name 'autoencoder_kl_f4'; the paper's cin256 model used VQ-f4), and each
-attention block is diffax's self- plus cross-attention without LDM's transformer feed-forward. The batch, step
-count, warm-up, guidance 1.5 (the paper's LDM-4-G) and the DDIM sampler are this recipe's choices.
+latent downsampling 2, 4 and 8 with one head (cin256-v2's num_heads 1), labels through cross-attention as a 512-wide
+learned context (LDM's ClassEmbedder, 1000 classes plus the null label), linear betas 0.0015..0.0195 over 1000
+steps, eps prediction. The learning rate follows LDM's scale_lr rule with cin-ldm-vq-f8's base of 1e-6 per image of
+the global batch (cin256-v2 lists a base of 1e-4, which scale_lr would make 0.1 at this batch). Differences: the
+first stage is a KL f = 4 autoencoder (configs/autoencoder_kl_f8.py with model.name 'autoencoder_kl_f4'; the
+paper's cin256 model used VQ-f4), and each attention block is diffax's self- plus cross-attention without LDM's
+transformer feed-forward. The batch, step count, warm-up, EMA (cin256-v2 has none), guidance 1.5 (the paper's
+LDM-4-G) and the DDIM sampler are this recipe's choices.
 Needs ImageNet prepared once as ArrayRecord (manual download of the archives) and a trained autoencoder:
 
     tfds build imagenet2012 --data_dir=$TFDS_DATA_DIR --file_format=array_record
@@ -38,7 +40,7 @@ def get_config(variant: str = ""):
     config.data.autoencoder = ""  # Set on the command line: a trained kl-f4 run's workdir.
     config.model.name = "unet"
     config.model.kwargs.update(channels=192, channel_mult=(1, 2, 3, 5), num_res_blocks=2, attention_levels=(1, 2, 3),
-                               head_channels=32, dropout=0.0, context_features=512, remat="dots")
+                               head_channels=None, dropout=0.0, context_features=512, remat="dots")
     config.model.class_conditional = True
     config.model.label_conditioning = "cross_attention"
     config.model.label_dropout = 0.1

@@ -9,7 +9,8 @@ Reports (to the log, stdout and WORKDIR/bench.json):
             the host limits the rate where launching a call takes about as long as running it;
   denoiser: ms per call of the sampler's denoiser on a batch of sample.batch_size, and examples/s;
   sampler:  ms per step of a `bench.sample_steps`-step run of sample.method, and its ratio to one denoiser call
-            (1 + the sampler's own overhead for one-evaluation solvers such as DDIM);
+            (1 + the sampler's own overhead for one-evaluation solvers such as DDIM); end to end: examples/s of that
+            run from the noise (drawn on the device) to uint8 images on the host, as the sample mode makes them;
   accuracy: |loss - loss_f32| / loss_f32 and the relative L2 error of the network output of the config's compute
             dtype against float32, on a fixed batch, noise and time draw, with the parameters after the timed steps
             plus N(0, 0.01^2) so that zero-initialized output layers are live.
@@ -145,10 +146,17 @@ def bench_sampling(experiment: Experiment, mesh, params) -> dict:
     compile_seconds, sampler = _compile(generator, params, jnp.uint32(0), indices, cond, {})
     sample_seconds = seconds_per_call(sampler, params, jnp.uint32(0), indices, cond, {}, repeats=1)
     sampler_step_seconds = sample_seconds / settings.num_steps
+
+    def end_to_end():  # Noise drawn on the device to the data range (uint8 images) on the host.
+        samples = np.asarray(parallel.to_host(sampler(params, jnp.uint32(0), indices, cond, {})))
+        return generate.to_data_range(samples, experiment.is_image)
+
+    end_to_end_seconds = seconds_per_call(end_to_end, repeats=2)
     return {"sample_batch_size": batch_size, "denoiser_ms": 1e3 * denoise_seconds,
             "denoiser_examples_per_second": batch_size / denoise_seconds,
             "sampler_compile_seconds": compile_seconds, "sampler_step_ms": 1e3 * sampler_step_seconds,
-            "sampler_step_over_denoiser": sampler_step_seconds / denoise_seconds}
+            "sampler_step_over_denoiser": sampler_step_seconds / denoise_seconds,
+            "sample_end_to_end_examples_per_second": batch_size / end_to_end_seconds}
 
 
 def bench_accuracy(experiment: Experiment, mesh, params, batch_size: int) -> dict:

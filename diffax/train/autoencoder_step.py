@@ -16,8 +16,12 @@ autoencoder.sample_posterior False), D the discriminator's patch logits, s the s
     loss_D  = factor * 0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(sg(x_hat))))   (`hinge_loss`)
 
 loss_G trains the autoencoder (and the log-variance when learned), loss_D the discriminator, each with its own Adam
-(`diffax.train.optimizer.task_optimizer`), both in this one step; the EMA covers both. Before disc_start both
-adversarial terms are exactly zero, so the discriminator's Adam sees zero gradients and leaves it unchanged.
+(`diffax.train.optimizer.task_optimizer`), both in this one step; the EMA covers both. While factor = 0 (before
+disc_start) both adversarial terms are exactly zero, so the step does not run the discriminator at all (a
+`lax.cond`): its Adam sees zero gradients and leaves it unchanged, and g_loss, d_weight, disc_loss and the logits
+read 0. LDM still runs it then, which only moves its BatchNorm running statistics; training never reads those
+(the discriminator always normalizes with batch statistics), so skipping it changes no trained weight and saves
+three discriminator passes per step (figures in benchmarks/NOTES.md).
 
 How it is computed: one forward pass of the autoencoder under `jax.vjp`; the gradients of nll and g with respect
 to x_hat; the gradients with respect to W are those cotangents pulled back by the same vjp, of which only W's leaf
@@ -119,27 +123,38 @@ def make_autoencoder_step_fn(experiment: Experiment, optimizer: optax.GradientTr
                                                   mutable=["batch_stats"])
             return logits, updates["batch_stats"]
 
-        def g_fn(x_hat):
-            logits, new_stats = discriminate(params["discriminator"], stats, x_hat)
-            return -jnp.mean(logits), new_stats
-
         (nll, (rec_l1, distance)), (nll_cotangent, logvar_grad) = jax.value_and_grad(
             nll_fn, argnums=(0, 1), has_aux=True)(x_hat, params["logvar"])
-        (g_loss, stats), g_cotangent = jax.value_and_grad(g_fn, has_aux=True)(x_hat)
-        zero = jnp.zeros((), jnp.float32)
-        d_weight = adaptive_weight(_last_layer(pull_back((nll_cotangent, zero))[0]),
-                                   _last_layer(pull_back((g_cotangent, zero))[0]), settings.disc_weight)
         factor = adversarial_factor(state.step, settings.disc_start, settings.disc_factor)
-        (autoencoder_grads,) = pull_back((nll_cotangent + d_weight * factor * g_cotangent,
-                                          jnp.asarray(settings.kl_weight, jnp.float32)))
 
-        def d_fn(disc_params):
-            logits_real, new_stats = discriminate(disc_params, stats, x)
-            logits_fake, new_stats = discriminate(disc_params, new_stats, jax.lax.stop_gradient(x_hat))
-            return factor * hinge_loss(logits_real, logits_fake), (new_stats, logits_real, logits_fake)
+        def adversarial(_):
+            def g_fn(x_hat):
+                logits, new_stats = discriminate(params["discriminator"], stats, x_hat)
+                return -jnp.mean(logits), new_stats
 
-        (disc_loss, (stats, logits_real, logits_fake)), disc_grads = jax.value_and_grad(
-            d_fn, has_aux=True)(params["discriminator"])
+            (g_loss, g_stats), g_cotangent = jax.value_and_grad(g_fn, has_aux=True)(x_hat)
+            zero = jnp.zeros((), jnp.float32)
+            d_weight = adaptive_weight(_last_layer(pull_back((nll_cotangent, zero))[0]),
+                                       _last_layer(pull_back((g_cotangent, zero))[0]), settings.disc_weight)
+
+            def d_fn(disc_params):
+                logits_real, new_stats = discriminate(disc_params, g_stats, x)
+                logits_fake, new_stats = discriminate(disc_params, new_stats, jax.lax.stop_gradient(x_hat))
+                return factor * hinge_loss(logits_real, logits_fake), (new_stats, logits_real, logits_fake)
+
+            (disc_loss, (new_stats, logits_real, logits_fake)), disc_grads = jax.value_and_grad(
+                d_fn, has_aux=True)(params["discriminator"])
+            return (d_weight * factor * g_cotangent, disc_grads, new_stats,
+                    {"g_loss": g_loss, "d_weight": d_weight, "disc_loss": disc_loss,
+                     "logits_real": jnp.mean(logits_real), "logits_fake": jnp.mean(logits_fake)})
+
+        def idle(_):
+            zero = jnp.zeros((), jnp.float32)
+            return (jnp.zeros_like(x_hat), jax.tree.map(jnp.zeros_like, params["discriminator"]), stats,
+                    dict.fromkeys(("g_loss", "d_weight", "disc_loss", "logits_real", "logits_fake"), zero))
+
+        g_term, disc_grads, stats, adversarial_metrics = jax.lax.cond(factor != 0, adversarial, idle, None)
+        (autoencoder_grads,) = pull_back((nll_cotangent + g_term, jnp.asarray(settings.kl_weight, jnp.float32)))
 
         grads = {"autoencoder": autoencoder_grads, "discriminator": disc_grads, "logvar": logvar_grad}
         norms = {group: optax.tree.norm(grads[group]) for group in AUTOENCODER_GROUPS}
@@ -147,10 +162,10 @@ def make_autoencoder_step_fn(experiment: Experiment, optimizer: optax.GradientTr
             grads[group] = clip_by_global_norm(grads[group], norms[group], config.optim.grad_clip_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        metrics = {"loss": nll + settings.kl_weight * kl + d_weight * factor * g_loss, "nll": nll, "kl": kl,
-                   "rec_l1": rec_l1, "perceptual": distance, "g_loss": g_loss, "d_weight": d_weight,
-                   "disc_factor": factor, "disc_loss": disc_loss, "logits_real": jnp.mean(logits_real),
-                   "logits_fake": jnp.mean(logits_fake), "logvar": params["logvar"],
+        loss = nll + settings.kl_weight * kl + (adversarial_metrics["d_weight"] * factor
+                                                * adversarial_metrics["g_loss"])
+        metrics = {"loss": loss, "nll": nll, "kl": kl, "rec_l1": rec_l1, "perceptual": distance,
+                   **adversarial_metrics, "disc_factor": factor, "logvar": params["logvar"],
                    "grad_norm": norms["autoencoder"], "disc_grad_norm": norms["discriminator"],
                    "learning_rate": schedule(state.step)}
         ema_step = state.step if config.train.ema_warmup else None

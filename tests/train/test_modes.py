@@ -139,6 +139,7 @@ def test_bench_mode_through_launch(tfds_dir, tmp_path):
     assert results["train_examples_per_second"] > 0 and results["sampler_step_ms"] > 0
     assert results["train_launch_ms"] > 0 and results["train_state_arrays"] > 0
     assert results["denoiser_examples_per_second"] > 0 and results["sampler_step_over_denoiser"] > 0
+    assert results["sample_end_to_end_examples_per_second"] > 0
     assert results["forward_gflops_per_example"] > 0 and results["mfu"] is None  # No peak FLOP/s known for CPUs.
     assert 0 < results["loss_relative_error"] < 1e-2 and 0 < results["output_relative_error"] < 3e-2  # bf16.
 
