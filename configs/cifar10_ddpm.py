@@ -48,6 +48,7 @@ def tiny_on_bundled_data(config, variant: str):
         return config
     config = base.shrink(config, variant)
     config.data.name = "digits"
+    config.data.split, config.data.eval_split = "train", "test"  # imagenet64 holds out 'validation'; digits 'test'.
     config.data.random_flip = False
     config.data.worker_count = 0
     config.model.name = "unet_tiny"

@@ -5,9 +5,11 @@ With dx/dt = v(x, t) the probability-flow ODE, the instantaneous change of varia
     log p_{t_min}(x) = log p_{t_max}(x(t_max)) + int_{t_min}^{t_max} div v(x(t), t) dt,
 
 solved forward from the data with an adaptive Runge-Kutta solver (diffrax) on the augmented state (x, int div v).
-The prior p_{t_max} is N(0, sigma(t_max)^2 I). The divergence is exact (D forward-mode Jacobian-vector products,
-for small D) or Hutchinson's unbiased estimate eps^T (dv/dx) eps with one Rademacher or Gaussian probe per example,
-held fixed along the trajectory (FFJORD).
+The prior p_{t_max} is N(0, sigma(t_max)^2 I). The divergence is exact (D vector-Jacobian products, for small D)
+or Hutchinson's unbiased estimate eps^T (dv/dx) eps with one Rademacher or Gaussian probe per example, held fixed
+along the trajectory (FFJORD). Both take reverse-mode products, not forward-mode ones: layers with a custom VJP
+(cuDNN's fused attention, which the attention layer picks on GPUs, and the Pallas kernels) have no forward-mode
+rule. Each example's velocity depends on its own input only, so one product per probe serves the whole batch.
 
 All examples of the batch are integrated as one ODE system: the solver's step control sees the whole batch.
 """
@@ -28,18 +30,18 @@ Array = jax.Array
 
 
 def _divergence_fn(velocity: Callable[[Array], Array], x: Array, divergence: str, probe: Array | None) -> tuple:
-    """(v(x), div v(x) of shape (B,)); the network runs once for the value and once per JVP."""
+    """(v(x), div v(x) of shape (B,)); the network runs forward once and backward once per cotangent."""
     batch = x.shape[0]
+    value, pull_back = jax.vjp(velocity, x)
     if divergence == "exact":
         flat_dim = math.prod(x.shape[1:])
-        basis = jnp.eye(flat_dim, dtype=x.dtype).reshape((flat_dim, 1) + x.shape[1:])
+        basis = jnp.eye(flat_dim, dtype=value.dtype).reshape((flat_dim, 1) + x.shape[1:])
         basis = jnp.broadcast_to(basis, (flat_dim,) + x.shape)
-        value = velocity(x)
-        columns = jax.vmap(lambda e: jax.jvp(velocity, (x,), (e,))[1])(basis)  # (D, B, *data)
-        diagonal = jnp.einsum("dbi,di->b", columns.reshape(flat_dim, batch, flat_dim), jnp.eye(flat_dim))
+        rows = jax.vmap(lambda e: pull_back(e)[0])(basis)  # (D, B, *data): row d of each example's Jacobian.
+        diagonal = jnp.einsum("dbi,di->b", rows.reshape(flat_dim, batch, flat_dim), jnp.eye(flat_dim))
         return value, diagonal
-    value, jvp = jax.jvp(velocity, (x,), (probe,))
-    return value, jnp.sum((jvp * probe).reshape(batch, -1), axis=1)
+    (probe_times_jacobian,) = pull_back(probe.astype(value.dtype))
+    return value, jnp.sum((probe_times_jacobian * probe).reshape(batch, -1), axis=1)
 
 
 def ode_log_likelihood(x0_fn: Callable[[Array, Array], Array], schedule: Schedule, x: Array, key: Array | None = None,

@@ -16,12 +16,13 @@ autoencoder.sample_posterior False), D the discriminator's patch logits, s the s
     loss_D  = factor * 0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(sg(x_hat))))   (`hinge_loss`)
 
 loss_G trains the autoencoder (and the log-variance when learned), loss_D the discriminator, each with its own Adam
-(`diffax.train.optimizer.task_optimizer`), both in this one step; the EMA covers both. While factor = 0 (before
-disc_start) both adversarial terms are exactly zero, so the step does not run the discriminator at all (a
-`lax.cond`): its Adam sees zero gradients and leaves it unchanged, and g_loss, d_weight, disc_loss and the logits
-read 0. LDM still runs it then, which only moves its BatchNorm running statistics; training never reads those
-(the discriminator always normalizes with batch statistics), so skipping it changes no trained weight and saves
-three discriminator passes per step (figures in benchmarks/NOTES.md).
+(`diffax.train.optimizer.task_optimizer`), both in this one step; the EMA covers both. Before disc_start both
+adversarial terms are exactly zero, so the discriminator's Adam sees zero gradients and leaves it unchanged.
+Steps that all lie before disc_start may run the reconstruction-only program (adversarial=False; the runner picks
+it, `adversarial_steps`): the same update of every weight without running the discriminator, which then only
+skips what LDM does with it there, moving its BatchNorm running statistics (read by nothing in training: the
+discriminator normalizes with batch statistics), and g_loss, d_weight and the logits read 0. One program with a
+`lax.cond` instead ran the adversarial branch 14% slower on a GPU (benchmarks/NOTES.md).
 
 How it is computed: one forward pass of the autoencoder under `jax.vjp`; the gradients of nll and g with respect
 to x_hat; the gradients with respect to W are those cotangents pulled back by the same vjp, of which only W's leaf
@@ -71,6 +72,12 @@ def hinge_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
     return 0.5 * (jnp.mean(jax.nn.relu(1.0 - logits_real)) + jnp.mean(jax.nn.relu(1.0 + logits_fake)))
 
 
+def adversarial_steps(config) -> int:
+    """The first step whose update needs the discriminator (disc_start; never where disc_factor is 0)."""
+    settings = config.autoencoder
+    return settings.disc_start if settings.disc_factor else 2**31 - 1
+
+
 def _last_layer(tree):
     for key in LAST_LAYER:
         tree = tree[key]
@@ -78,8 +85,9 @@ def _last_layer(tree):
 
 
 def make_autoencoder_step_fn(experiment: Experiment, optimizer: optax.GradientTransformation,
-                             mesh: Mesh) -> StepFn:
-    """step(state, batch, net_params=None) -> (state, metrics), not jitted; the module docstring's step.
+                             mesh: Mesh, adversarial: bool = True) -> StepFn:
+    """step(state, batch, net_params=None) -> (state, metrics), not jitted; the module docstring's step, or with
+    adversarial=False its reconstruction-only program, exact for steps before `adversarial_steps(config)` only.
 
     state.params {"autoencoder", "discriminator", "logvar"}, state.model_state {"discriminator": batch_stats};
     batch {"image": (B, H, W, C), ...}. net_params is ignored (there is no cast copy). metrics: loss (loss_G), nll, kl,
@@ -123,38 +131,32 @@ def make_autoencoder_step_fn(experiment: Experiment, optimizer: optax.GradientTr
                                                   mutable=["batch_stats"])
             return logits, updates["batch_stats"]
 
+        def g_fn(x_hat):
+            logits, new_stats = discriminate(params["discriminator"], stats, x_hat)
+            return -jnp.mean(logits), new_stats
+
         (nll, (rec_l1, distance)), (nll_cotangent, logvar_grad) = jax.value_and_grad(
             nll_fn, argnums=(0, 1), has_aux=True)(x_hat, params["logvar"])
         factor = adversarial_factor(state.step, settings.disc_start, settings.disc_factor)
-
-        def adversarial(_):
-            def g_fn(x_hat):
-                logits, new_stats = discriminate(params["discriminator"], stats, x_hat)
-                return -jnp.mean(logits), new_stats
-
-            (g_loss, g_stats), g_cotangent = jax.value_and_grad(g_fn, has_aux=True)(x_hat)
-            zero = jnp.zeros((), jnp.float32)
+        zero = jnp.zeros((), jnp.float32)
+        if adversarial:
+            (g_loss, stats), g_cotangent = jax.value_and_grad(g_fn, has_aux=True)(x_hat)
             d_weight = adaptive_weight(_last_layer(pull_back((nll_cotangent, zero))[0]),
                                        _last_layer(pull_back((g_cotangent, zero))[0]), settings.disc_weight)
+            x_hat_cotangent = nll_cotangent + d_weight * factor * g_cotangent
 
             def d_fn(disc_params):
-                logits_real, new_stats = discriminate(disc_params, g_stats, x)
+                logits_real, new_stats = discriminate(disc_params, stats, x)
                 logits_fake, new_stats = discriminate(disc_params, new_stats, jax.lax.stop_gradient(x_hat))
                 return factor * hinge_loss(logits_real, logits_fake), (new_stats, logits_real, logits_fake)
 
-            (disc_loss, (new_stats, logits_real, logits_fake)), disc_grads = jax.value_and_grad(
+            (disc_loss, (stats, logits_real, logits_fake)), disc_grads = jax.value_and_grad(
                 d_fn, has_aux=True)(params["discriminator"])
-            return (d_weight * factor * g_cotangent, disc_grads, new_stats,
-                    {"g_loss": g_loss, "d_weight": d_weight, "disc_loss": disc_loss,
-                     "logits_real": jnp.mean(logits_real), "logits_fake": jnp.mean(logits_fake)})
-
-        def idle(_):
-            zero = jnp.zeros((), jnp.float32)
-            return (jnp.zeros_like(x_hat), jax.tree.map(jnp.zeros_like, params["discriminator"]), stats,
-                    dict.fromkeys(("g_loss", "d_weight", "disc_loss", "logits_real", "logits_fake"), zero))
-
-        g_term, disc_grads, stats, adversarial_metrics = jax.lax.cond(factor != 0, adversarial, idle, None)
-        (autoencoder_grads,) = pull_back((nll_cotangent + g_term, jnp.asarray(settings.kl_weight, jnp.float32)))
+        else:
+            g_loss = d_weight = disc_loss = logits_real = logits_fake = zero
+            x_hat_cotangent = nll_cotangent
+            disc_grads = jax.tree.map(jnp.zeros_like, params["discriminator"])
+        (autoencoder_grads,) = pull_back((x_hat_cotangent, jnp.asarray(settings.kl_weight, jnp.float32)))
 
         grads = {"autoencoder": autoencoder_grads, "discriminator": disc_grads, "logvar": logvar_grad}
         norms = {group: optax.tree.norm(grads[group]) for group in AUTOENCODER_GROUPS}
@@ -162,10 +164,10 @@ def make_autoencoder_step_fn(experiment: Experiment, optimizer: optax.GradientTr
             grads[group] = clip_by_global_norm(grads[group], norms[group], config.optim.grad_clip_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        loss = nll + settings.kl_weight * kl + (adversarial_metrics["d_weight"] * factor
-                                                * adversarial_metrics["g_loss"])
-        metrics = {"loss": loss, "nll": nll, "kl": kl, "rec_l1": rec_l1, "perceptual": distance,
-                   **adversarial_metrics, "disc_factor": factor, "logvar": params["logvar"],
+        metrics = {"loss": nll + settings.kl_weight * kl + d_weight * factor * g_loss, "nll": nll, "kl": kl,
+                   "rec_l1": rec_l1, "perceptual": distance, "g_loss": g_loss, "d_weight": d_weight,
+                   "disc_factor": factor, "disc_loss": disc_loss, "logits_real": jnp.mean(logits_real),
+                   "logits_fake": jnp.mean(logits_fake), "logvar": params["logvar"],
                    "grad_norm": norms["autoencoder"], "disc_grad_norm": norms["discriminator"],
                    "learning_rate": schedule(state.step)}
         ema_step = state.step if config.train.ema_warmup else None

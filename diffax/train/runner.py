@@ -17,6 +17,10 @@ Two mechanisms, both off unless the config asks (the train state and the checkpo
                                  cuBLASLt's epilogue. The values are those of the cast the network would do itself,
                                  and the gradient of a cast is the upcast cotangent: training is bitwise unchanged.
 Their measured effect on the shipped recipes is in benchmarks/NOTES.md.
+
+The autoencoder's step has two programs (`autoencoder_step.adversarial_steps`): a call whose steps all come before
+disc_start runs the one without the discriminator. The runner counts the steps it has run since `hold` on the host
+to choose, so choosing costs no device sync; each program compiles on its first call.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from jax.sharding import Mesh
 
 from diffax import parallel
 from diffax.experiment import DTYPES, Experiment
-from diffax.train.autoencoder_step import make_autoencoder_step_fn
+from diffax.train.autoencoder_step import adversarial_steps, make_autoencoder_step_fn
 from diffax.train.state import TrainState
 from diffax.train.step import Batch, Metrics, make_step_fn
 
@@ -71,37 +75,53 @@ class StepRunner:
                  abstract: TrainState):
         self.steps_per_call = experiment.config.train.steps_per_dispatch
         self._casts = declared_casts(experiment, abstract.params)
-        step = (make_autoencoder_step_fn if experiment.task == "autoencoder" else make_step_fn)(
-            experiment, optimizer, mesh)
+        if experiment.task == "autoencoder":
+            steps = {adversarial: make_autoencoder_step_fn(experiment, optimizer, mesh, adversarial)
+                     for adversarial in (False, True)}
+            self._first_adversarial = adversarial_steps(experiment.config)
+        else:
+            steps, self._first_adversarial = {True: make_step_fn(experiment, optimizer, mesh)}, 0
+        self._next_step = 0
 
-        def one_step(held, batch: Batch):
-            state, copy = held
-            state, metrics = step(state, batch, _with_copy(state.params, copy))
-            return (state, _make_copy(state.params, self._casts)), metrics
+        def program(step):
+            def one_step(held, batch: Batch):
+                state, copy = held
+                state, metrics = step(state, batch, _with_copy(state.params, copy))
+                return (state, _make_copy(state.params, self._casts)), metrics
 
-        def call(held, batches: Batch):
-            if self.steps_per_call == 1:
-                held, metrics = one_step(held, jax.tree.map(lambda x: x[0], batches))
-                return held, jax.tree.map(lambda x: x[None], metrics)
-            return jax.lax.scan(one_step, held, batches)
+            def call(held, batches: Batch):
+                if self.steps_per_call == 1:
+                    held, metrics = one_step(held, jax.tree.map(lambda x: x[0], batches))
+                    return held, jax.tree.map(lambda x: x[None], metrics)
+                return jax.lax.scan(one_step, held, batches)
+
+            return jax.jit(call, in_shardings=(held_shardings, parallel.batch_sharding(mesh, 1)),
+                           out_shardings=(held_shardings, parallel.replicated(mesh)), donate_argnums=0)
 
         shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract)
         held_shardings = (shardings, _select(shardings.params, self._casts))
         self._make_copy = jax.jit(lambda params: _make_copy(params, self._casts), out_shardings=held_shardings[1])
-        self._call = jax.jit(call, in_shardings=(held_shardings, parallel.batch_sharding(mesh, 1)),
-                             out_shardings=(held_shardings, parallel.replicated(mesh)), donate_argnums=0)
+        self._programs = {key: program(step) for key, step in steps.items()}
 
     def hold(self, state: TrainState) -> Any:
-        """The state in the form the runner takes and returns: (state, cast copy)."""
+        """The state in the form the runner takes and returns: (state, cast copy). Reads its step (one sync)."""
+        self._next_step = int(jax.device_get(state.step))
         return state, self._make_copy(state.params)
 
     def state(self, held: Any) -> TrainState:
         """The TrainState of a held form."""
         return held[0]
 
+    def _program(self, batches: Batch):
+        """The program for the next call's steps (module docstring)."""
+        last = self._next_step + jax.tree.leaves(batches)[0].shape[0] - 1
+        return self._programs[last >= self._first_adversarial]
+
     def __call__(self, held: Any, batches: Batch) -> tuple[Any, Metrics]:
-        return self._call(held, batches)
+        program = self._program(batches)
+        self._next_step += jax.tree.leaves(batches)[0].shape[0]
+        return program(held, batches)
 
     def lower(self, held: Any, batches: Batch):
-        """The jitted call lowered for these arguments (benchmarks compile it to time compilation)."""
-        return self._call.lower(held, batches)
+        """The jitted call for the next steps lowered for these arguments (benchmarks compile it to time it)."""
+        return self._program(batches).lower(held, batches)

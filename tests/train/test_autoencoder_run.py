@@ -30,6 +30,7 @@ def test_the_discriminator_joins_at_disc_start(ae_run):
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     first, second = records  # Means over steps 0-1 (before disc_start = 2) and 2-3.
     assert first["disc_factor"] == 0.0 and first["disc_loss"] == 0.0 and first["disc_grad_norm"] == 0.0
+    assert first["g_loss"] == first["logits_real"] == 0.0  # The reconstruction-only program: no discriminator.
     assert first["loss"] == pytest.approx(first["nll"] + 1e-6 * first["kl"], rel=1e-5)
     assert second["disc_factor"] == 1.0 and second["disc_loss"] > 0.0 and second["d_weight"] > 0.0
     assert {"rec_l1", "perceptual", "g_loss", "logits_real", "logits_fake", "logvar", "grad_norm"} <= set(second)

@@ -25,7 +25,8 @@ SHAPE = (24, 24, 1)
 
 @pytest.fixture(scope="module")
 def setup():
-    """(experiment, state at step 0, batch, {step: (new state, metrics)} for steps 0 and disc_start)."""
+    """(experiment, state at step 0, batch, {step: (new state, metrics)} for steps 0 and disc_start, and
+    "reconstruction_only": the program without the discriminator at step 0)."""
     config = autoencoder_mnist.get_config("tiny")
     config.autoencoder.sample_posterior = False  # The reference below decodes the posterior mean.
     config.model.kwargs.channel_mult = (1, 1)  # f = 2 on 24x24 images: the smallest graph that has it all.
@@ -42,6 +43,8 @@ def setup():
     step = jax.jit(make_autoencoder_step_fn(experiment, optimizer, None))
     disc_start = config.autoencoder.disc_start
     results = {s: step(state.replace(step=jnp.asarray(s, jnp.int32)), batch) for s in (0, disc_start)}
+    results["reconstruction_only"] = jax.jit(make_autoencoder_step_fn(experiment, optimizer, None, False))(
+        state, batch)
     return experiment, state, batch, results
 
 
@@ -130,11 +133,11 @@ def test_gradients_of_both_networks(setup, reference, after_start):
     if after_start:
         assert float(metrics["disc_factor"]) == 1.0
         _assert_trees_close(applied["discriminator"], reference["disc_grad"])
-    else:  # Before disc_start: no adversarial term; the discriminator is not run, its weights and statistics stay.
+    else:  # Before disc_start: no adversarial term, an untouched discriminator, yet its statistics still move.
         assert float(metrics["disc_factor"]) == 0.0 and float(metrics["disc_loss"]) == 0.0
         for got in jax.tree.leaves(applied["discriminator"]):
             assert not np.any(np.asarray(got))
-        chex.assert_trees_all_equal(new_state.model_state, state.model_state)
+        assert not np.allclose(jax.tree.leaves(new_state.model_state)[0], jax.tree.leaves(state.model_state)[0])
 
 
 def test_adaptive_weight_clamp_factor_and_hinge_by_hand():
@@ -144,3 +147,13 @@ def test_adaptive_weight_clamp_factor_and_hinge_by_hand():
     assert [float(adversarial_factor(jnp.asarray(s), 3, 1.0)) for s in (0, 2, 3, 4)] == [0.0, 0.0, 1.0, 1.0]
     real, fake = jnp.array([2.0, 0.5, -1.0]), jnp.array([-2.0, 0.0, 1.0])
     np.testing.assert_allclose(hinge_loss(real, fake), 0.5 * ((0 + 0.5 + 2) / 3 + (0 + 1 + 2) / 3), rtol=1e-6)
+
+
+def test_the_reconstruction_only_program_trains_as_the_full_step_before_disc_start(setup):
+    _, state, _, results = setup
+    (full, full_metrics), (only, only_metrics) = results[0], results["reconstruction_only"]
+    chex.assert_trees_all_close(only.params, full.params, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(only.ema_params, full.ema_params, rtol=1e-6, atol=1e-7)
+    for name in ("loss", "nll", "kl", "disc_loss", "disc_factor", "grad_norm", "disc_grad_norm"):
+        np.testing.assert_allclose(only_metrics[name], full_metrics[name], rtol=1e-6, err_msg=name)
+    chex.assert_trees_all_equal(only.model_state, state.model_state)  # The discriminator did not run.

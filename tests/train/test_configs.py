@@ -5,6 +5,7 @@ import importlib
 import ml_collections
 import pytest
 
+from diffax.data import builders
 from train_helpers import launch, tiny_digits
 
 RECIPES = ("toy2d", "digits", "mnist", "cifar10_ddpm", "cifar10_edm", "imagenet64", "classifier_digits",
@@ -18,7 +19,10 @@ def test_recipes_and_variants_validate_and_open_with_their_command(recipe):
     module = importlib.import_module(f"configs.{recipe}")
     assert f"python launch.py --config configs/{recipe}.py" in module.__doc__
     for variant in ("", "cpu", "tiny"):
-        validate_config(module.get_config(variant))
+        config = module.get_config(variant)
+        validate_config(config)
+        if config.data.name in builders.BUNDLED:  # Its splits exist (the data set opens only when the run starts).
+            assert {config.data.split, config.data.eval_split} <= {"train", "test"}, (variant, config.data)
 
 
 @pytest.mark.parametrize("key,value,message", [
