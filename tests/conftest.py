@@ -10,6 +10,16 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs():
+    """Drops every compiled program when a test module ends: one pytest-xdist worker runs about half the modules,
+    and JAX's caches would otherwise keep all their programs (4 GB per worker by the end of the suite)."""
+    yield
+    import jax
+
+    jax.clear_caches()
+
+
 @pytest.fixture(scope="session")
 def digits_data_dir(tmp_path_factory) -> str:
     """A TFDS data directory of this session with the bundled `digits` prepared."""

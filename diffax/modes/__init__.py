@@ -7,8 +7,8 @@
     edit      denoise, img2img or inpaint given images with a trained run (diffax.modes.edit)
     stats     reference feature statistics of a data set, for FID / FCD (diffax.modes.stats)
 
-A classifier run (config.task = 'classifier') has train, eval and stats only, an autoencoder run train and eval
-(`TASK_MODES`).
+A classifier run (config.task = 'classifier') has train, eval, stats and bench only, an autoencoder run train, eval
+and bench (`TASK_MODES`; their bench times the train step).
 Modes sit on the top floor: nothing in diffax imports them but `launch.py`.
 """
 
@@ -18,7 +18,8 @@ from diffax.modes import bench, edit, evaluate, sample, stats, train
 
 MODES = {"train": train.run, "sample": sample.run, "eval": evaluate.run, "bench": bench.run, "edit": edit.run,
          "stats": stats.run}
-TASK_MODES = {"diffusion": tuple(MODES), "classifier": ("train", "eval", "stats"), "autoencoder": ("train", "eval")}
+TASK_MODES = {"diffusion": tuple(MODES), "classifier": ("train", "eval", "stats", "bench"),
+              "autoencoder": ("train", "eval", "bench")}
 
 
 def check_mode(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:

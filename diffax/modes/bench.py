@@ -14,7 +14,8 @@ Reports (to the log, stdout and WORKDIR/bench.json):
   accuracy: |loss - loss_f32| / loss_f32 and the relative L2 error of the network output of the config's compute
             dtype against float32, on a fixed batch, noise and time draw, with the parameters after the timed steps
             plus N(0, 0.01^2) so that zero-initialized output layers are live.
-`bench.train_only` keeps only the train figures. `bench.example_shape` ("H,W,C") replaces the data set's example
+`bench.train_only` keeps only the train figures, which are all a classifier or autoencoder run has (MFU counts the
+autoencoder's encode and decode as its forward, not the discriminator's passes). `bench.example_shape` ("H,W,C") replaces the data set's example
 shape, e.g. 32,32,4 for latent-space networks.
 Peak FLOP/s is `bench.peak_flops`, else the dense bf16 figure of known accelerators; MFU is omitted on CPU.
 """
@@ -194,12 +195,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float | No
     examples_per_second = train_results["train_examples_per_second"]
     train_peak_memory = peak_memory_bytes()
     sampling_results, accuracy_results = {}, {}
-    if not config.bench.train_only:
+    diffusion = experiment.task == "diffusion"
+    if diffusion and not config.bench.train_only:
         sampling_results = bench_sampling(experiment, mesh, params)
         accuracy_results = bench_accuracy(experiment, mesh, params, batch_size)
 
-    cond = jax.ShapeDtypeStruct((1,), jnp.int32) if experiment.num_classes else None
-    flops = forward_flops_per_example(experiment.model, experiment.example_shape, cond)
+    cond = jax.ShapeDtypeStruct((1,), jnp.int32) if experiment.num_classes and diffusion else None
+    flops = forward_flops_per_example(experiment.model, experiment.example_shape, cond, noise_conditioned=diffusion)
     peak = peak_flops_per_device(config)
     results = {
         "device_kind": jax.devices()[0].device_kind, "devices": mesh.devices.size, "batch_size": batch_size,

@@ -27,14 +27,16 @@ def cost_analysis_flops(compiled: jax.stages.Compiled) -> float:
 
 def forward_flops_per_example(model: nn.Module, input_shape: Sequence[int],
                               cond: jax.Array | jax.ShapeDtypeStruct | None = None, *,
-                              batch_size: int = 1) -> float:
+                              batch_size: int = 1, noise_conditioned: bool = True) -> float:
     """FLOPs of one forward pass (train=False) divided by the batch size.
 
     Args:
-      model: a diffax network, `model.apply(variables, x, noise_level, cond, train=False)`.
+      model: a diffax network: `model.apply(variables, x, noise_level, cond, train=False)` for a score network, or
+        with noise_conditioned False `model.apply(variables, x, train=False)` (a classifier; an autoencoder, whose
+        forward is encode and decode).
       input_shape: one example's shape, (H, W, C) or (D,).
       cond: None, or an array / ShapeDtypeStruct for the whole batch: (batch_size,) int labels or
-        (batch_size, L, E) embeddings.
+        (batch_size, L, E) embeddings (score networks).
       batch_size: the batch to compile for (per-example FLOPs barely depend on it).
     Returns:
       FLOPs per example.
@@ -44,11 +46,12 @@ def forward_flops_per_example(model: nn.Module, input_shape: Sequence[int],
         model = model.clone(attention_implementation="xla")
     if hasattr(model, "norm_implementation"):
         model = model.clone(norm_implementation="xla")
-    x = jax.ShapeDtypeStruct((batch_size, *input_shape), jnp.float32)
-    noise_level = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
-    variables = jax.eval_shape(lambda key, x, t, c: model.init(key, x, t, c, train=False),
-                               jax.random.key(0), x, noise_level, cond)
-    forward = jax.jit(lambda v, x, t, c: model.apply(v, x, t, c, train=False))
+    inputs = (jax.ShapeDtypeStruct((batch_size, *input_shape), jnp.float32),)
+    if noise_conditioned:
+        inputs += (jax.ShapeDtypeStruct((batch_size,), jnp.float32), cond)
+    variables = jax.eval_shape(lambda key, *inputs: model.init(key, *inputs, train=False),
+                               jax.random.key(0), *inputs)
+    forward = jax.jit(lambda v, *inputs: model.apply(v, *inputs, train=False))
     with jax.default_device(jax.local_devices(backend="cpu")[0]):
-        compiled = forward.lower(variables, x, noise_level, cond).compile()
+        compiled = forward.lower(variables, *inputs).compile()
     return cost_analysis_flops(compiled) / batch_size

@@ -60,6 +60,26 @@ def test_eval_writes_psnr_and_ssim(ae_run):
     assert (workdir / "eval" / "reconstructions_0000004.png").exists()
 
 
+def test_bench_times_the_step_and_counts_encode_and_decode_as_the_forward(ae_run, tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from diffax.modes import bench
+    from diffax.nets.flops import cost_analysis_flops
+
+    workdir, _ = ae_run
+    config = _config(workdir)
+    config.bench.steps, config.bench.batch_size = 1, 4
+    results = bench.run(config, str(tmp_path))
+    assert results["train_examples_per_second"] > 0 and "sampler_step_ms" not in results  # Train figures only.
+    experiment = bench.bench_experiment(config)
+    model, x = experiment.model, jnp.zeros((1, *experiment.example_shape))
+    variables = jax.eval_shape(lambda key: model.init(key, x), jax.random.key(0))
+    encode_decode = jax.jit(lambda v, x: model.apply(v, model.apply(v, x, method="encode").mode(), method="decode"))
+    expected = cost_analysis_flops(encode_decode.lower(variables, x).compile())
+    assert results["forward_gflops_per_example"] * 1e9 == pytest.approx(expected, rel=0.02)
+
+
 def test_load_run_encodes_and_decodes(ae_run):
     import diffax
     from diffax.run import AutoencoderRun
@@ -124,5 +144,5 @@ def test_bad_autoencoder_configs_fail_clearly(ae_run):
         validate_config(config)
     workdir, _ = ae_run
     with pytest.raises(ValueError, match=r"is an autoencoder run .* --mode sample needs a diffusion run, an "
-                                         r"autoencoder run has --mode train, eval"):
+                                         r"autoencoder run has --mode train, eval, bench"):
         check_mode("sample", _config(workdir), str(workdir))
