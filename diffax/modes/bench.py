@@ -15,8 +15,8 @@ Reports (to the log, stdout and WORKDIR/bench.json):
             dtype against float32, on a fixed batch, noise and time draw, with the parameters after the timed steps
             plus N(0, 0.01^2) so that zero-initialized output layers are live.
 `bench.train_only` keeps only the train figures, which are all a classifier or autoencoder run has (MFU counts the
-autoencoder's encode and decode as its forward, not the discriminator's passes). `bench.example_shape` ("H,W,C") replaces the data set's example
-shape, e.g. 32,32,4 for latent-space networks.
+autoencoder's encode and decode as its forward, not the discriminator's passes). `bench.example_shape` ("H,W,C")
+replaces the data set's example shape, e.g. 32,32,4 for latent-space networks.
 Peak FLOP/s is `bench.peak_flops`, else the dense bf16 figure of known accelerators; MFU is omitted on CPU.
 """
 

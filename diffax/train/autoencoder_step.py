@@ -18,11 +18,11 @@ autoencoder.sample_posterior False), D the discriminator's patch logits, s the s
 loss_G trains the autoencoder (and the log-variance when learned), loss_D the discriminator, each with its own Adam
 (`diffax.train.optimizer.task_optimizer`), both in this one step; the EMA covers both. Before disc_start both
 adversarial terms are exactly zero, so the discriminator's Adam sees zero gradients and leaves it unchanged.
-Steps that all lie before disc_start may run the reconstruction-only program (adversarial=False; the runner picks
-it, `adversarial_steps`): the same update of every weight without running the discriminator, which then only
-skips what LDM does with it there, moving its BatchNorm running statistics (read by nothing in training: the
-discriminator normalizes with batch statistics), and g_loss, d_weight and the logits read 0. One program with a
-`lax.cond` instead ran the adversarial branch 14% slower on a GPU (benchmarks/NOTES.md).
+Steps that all lie before disc_start may run the reconstruction-only program (adversarial=False, which the runner
+picks by `first_adversarial_step`): the same update of every weight without running the discriminator. It skips
+only what LDM still does with it there, moving its BatchNorm running statistics, which nothing in training reads
+(the discriminator normalizes with batch statistics); g_loss, d_weight and the logits read 0. One program with a
+`lax.cond` instead ran the adversarial steps slower on a GPU (benchmarks/NOTES.md).
 
 How it is computed: one forward pass of the autoencoder under `jax.vjp`; the gradients of nll and g with respect
 to x_hat; the gradients with respect to W are those cotangents pulled back by the same vjp, of which only W's leaf
@@ -72,7 +72,7 @@ def hinge_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
     return 0.5 * (jnp.mean(jax.nn.relu(1.0 - logits_real)) + jnp.mean(jax.nn.relu(1.0 + logits_fake)))
 
 
-def adversarial_steps(config) -> int:
+def first_adversarial_step(config) -> int:
     """The first step whose update needs the discriminator (disc_start; never where disc_factor is 0)."""
     settings = config.autoencoder
     return settings.disc_start if settings.disc_factor else 2**31 - 1
@@ -87,7 +87,7 @@ def _last_layer(tree):
 def make_autoencoder_step_fn(experiment: Experiment, optimizer: optax.GradientTransformation,
                              mesh: Mesh, adversarial: bool = True) -> StepFn:
     """step(state, batch, net_params=None) -> (state, metrics), not jitted; the module docstring's step, or with
-    adversarial=False its reconstruction-only program, exact for steps before `adversarial_steps(config)` only.
+    adversarial=False its reconstruction-only program, exact for steps before `first_adversarial_step(config)` only.
 
     state.params {"autoencoder", "discriminator", "logvar"}, state.model_state {"discriminator": batch_stats};
     batch {"image": (B, H, W, C), ...}. net_params is ignored (there is no cast copy). metrics: loss (loss_G), nll, kl,

@@ -18,9 +18,9 @@ Two mechanisms, both off unless the config asks (the train state and the checkpo
                                  and the gradient of a cast is the upcast cotangent: training is bitwise unchanged.
 Their measured effect on the shipped recipes is in benchmarks/NOTES.md.
 
-The autoencoder's step has two programs (`autoencoder_step.adversarial_steps`): a call whose steps all come before
-disc_start runs the one without the discriminator. The runner counts the steps it has run since `hold` on the host
-to choose, so choosing costs no device sync; each program compiles on its first call.
+The autoencoder's step has two programs: a call whose steps all come before disc_start
+(`autoencoder_step.first_adversarial_step`) runs the one without the discriminator. To choose, the runner counts on
+the host the steps it has run since `hold`, so choosing costs no device sync; each program compiles on first use.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from jax.sharding import Mesh
 
 from diffax import parallel
 from diffax.experiment import DTYPES, Experiment
-from diffax.train.autoencoder_step import adversarial_steps, make_autoencoder_step_fn
+from diffax.train.autoencoder_step import first_adversarial_step, make_autoencoder_step_fn
 from diffax.train.state import TrainState
 from diffax.train.step import Batch, Metrics, make_step_fn
 
@@ -78,7 +78,7 @@ class StepRunner:
         if experiment.task == "autoencoder":
             steps = {adversarial: make_autoencoder_step_fn(experiment, optimizer, mesh, adversarial)
                      for adversarial in (False, True)}
-            self._first_adversarial = adversarial_steps(experiment.config)
+            self._first_adversarial = first_adversarial_step(experiment.config)
         else:
             steps, self._first_adversarial = {True: make_step_fn(experiment, optimizer, mesh)}, 0
         self._next_step = 0
