@@ -106,6 +106,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Keep a copy of the parameters the network declares it computes in model.compute_dtype, written by each
     # update (diffax/train/runner.py): the same training bit for bit, faster matrix products on GPUs.
     train.cast_params = False
+    # Hold parameters, EMAs and Adam's moments as one flat vector each, so the update runs as a few fusions
+    # (diffax/train/runner.py; needs float32 parameters and mesh.fsdp = 1).
+    train.flat_state = False
     train.ema_decays = (0.999,)  # One EMA of the parameters per decay; sampling uses ema_decays[sample.ema_index].
     # EMA warm-up: decay min(d, (1 + t) / (10 + t)) at step t (TensorFlow's ExponentialMovingAverage num_updates),
     # so the EMA forgets the random initialization (digits.py:cpu, 200 steps: EMA 6.19 bits/dim against 6.15 for the

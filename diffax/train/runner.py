@@ -16,6 +16,11 @@ Two mechanisms, both off unless the config asks (the train state and the checkpo
                                  that enters the program as a bf16 parameter, not as the output of a cast, stays in
                                  cuBLASLt's epilogue. The values are those of the cast the network would do itself,
                                  and the gradient of a cast is the upcast cotangent: training is bitwise unchanged.
+  train.flat_state = True        the runner holds the parameters, each EMA and the optimizer's per-parameter
+                                 moments as one flat float32 vector each (`FlatLayout`), so clipping, AdamW and the
+                                 EMA run as a few fusions over whole vectors instead of a few per parameter array
+                                 (on GPUs each is a kernel); the network reads its arrays as slices of the vector.
+                                 The same training up to the order of the gradient norm's float32 sum.
 Their measured effect on the shipped recipes is in benchmarks/NOTES.md.
 
 The autoencoder's step has two programs: a call whose steps all come before disc_start
@@ -28,6 +33,8 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -68,6 +75,47 @@ def _with_copy(params: Any, copy: Copy) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, leaf: copy.get(jax.tree_util.keystr(path), leaf), params)
 
 
+class FlatLayout:
+    """The flat held form of a train state (train.flat_state): params -> one (P,) float32 vector (the leaves of the
+    parameter tree raveled and concatenated in tree order), each EMA likewise, and in the optimizer state each
+    subtree shaped like the parameters (AdamW's moments) likewise; step, key and scalars unchanged."""
+
+    def __init__(self, abstract: TrainState):
+        leaves = jax.tree.leaves(abstract.params)
+        if {leaf.dtype for leaf in leaves} != {jnp.dtype(jnp.float32)}:
+            raise ValueError("config.train.flat_state = True: every parameter must be float32 (one flat vector)")
+        if not all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(abstract)):
+            raise ValueError("config.train.flat_state = True needs a replicated train state: set config.mesh.fsdp = 1")
+        self._treedef = jax.tree.structure(abstract.params)
+        self._shapes = [leaf.shape for leaf in leaves]
+        self._splits = np.cumsum([leaf.size for leaf in leaves])[:-1].tolist()
+        self._abstract_opt_state = abstract.opt_state
+
+    def _is_params(self, node: Any) -> bool:
+        return jax.tree.structure(node) == self._treedef
+
+    def held(self, tree: Any) -> jax.Array:
+        """A parameter-shaped tree -> its (P,) vector."""
+        return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(tree)])
+
+    def tree(self, vector: jax.Array) -> Any:
+        """A (P,) vector -> the parameter-shaped tree (slices of it)."""
+        parts = jnp.split(vector, self._splits)
+        return jax.tree.unflatten(self._treedef, [part.reshape(shape) for part, shape in zip(parts, self._shapes)])
+
+    def to_held(self, state: TrainState) -> TrainState:
+        opt_state = jax.tree.map(lambda node: self.held(node) if self._is_params(node) else node, state.opt_state,
+                                 is_leaf=self._is_params)
+        return state.replace(params=self.held(state.params), ema_params=tuple(map(self.held, state.ema_params)),
+                             opt_state=opt_state)
+
+    def from_held(self, held: TrainState) -> TrainState:
+        opt_state = jax.tree.map(lambda template, node: self.tree(node) if self._is_params(template) else node,
+                                 self._abstract_opt_state, held.opt_state, is_leaf=self._is_params)
+        return held.replace(params=self.tree(held.params), ema_params=tuple(map(self.tree, held.ema_params)),
+                            opt_state=opt_state)
+
+
 class StepRunner:
     """Jitted optimizer steps over a state of `abstract`'s shardings (the held buffers are donated)."""
 
@@ -82,12 +130,17 @@ class StepRunner:
         else:
             steps, self._first_adversarial = {True: make_step_fn(experiment, optimizer, mesh)}, 0
         self._next_step = 0
+        layout = self._layout = FlatLayout(abstract) if experiment.config.train.flat_state else None
+        if layout is not None and experiment.task == "autoencoder":
+            raise ValueError("config.train.flat_state = True: not for autoencoder runs (two optimizers, BatchNorm)")
+        tree = (lambda params: params) if layout is None else layout.tree
 
         def program(step):
             def one_step(held, batch: Batch):
                 state, copy = held
-                state, metrics = step(state, batch, _with_copy(state.params, copy))
-                return (state, _make_copy(state.params, self._casts)), metrics
+                extra = {} if layout is None else {"layout": layout}
+                state, metrics = step(state, batch, _with_copy(tree(state.params), copy), **extra)
+                return (state, _make_copy(tree(state.params), self._casts)), metrics
 
             def call(held, batches: Batch):
                 if self.steps_per_call == 1:
@@ -99,18 +152,27 @@ class StepRunner:
                            out_shardings=(held_shardings, parallel.replicated(mesh)), donate_argnums=0)
 
         shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract)
-        held_shardings = (shardings, _select(shardings.params, self._casts))
-        self._make_copy = jax.jit(lambda params: _make_copy(params, self._casts), out_shardings=held_shardings[1])
+        copy_shardings = _select(shardings.params, self._casts)
+        if layout is None:
+            held_shardings, self._to_held, self._from_held = (shardings, copy_shardings), None, None
+        else:
+            flat = jax.eval_shape(layout.to_held, abstract)
+            held_shardings = (jax.tree.map(lambda _: parallel.replicated(mesh), flat), copy_shardings)
+            self._to_held = jax.jit(layout.to_held, out_shardings=held_shardings[0])
+            self._from_held = jax.jit(layout.from_held, out_shardings=shardings)
+        self._make_copy = jax.jit(lambda params: _make_copy(params, self._casts), out_shardings=copy_shardings)
         self._programs = {key: program(step) for key, step in steps.items()}
 
     def hold(self, state: TrainState) -> Any:
-        """The state in the form the runner takes and returns: (state, cast copy). Reads its step (one sync)."""
+        """The state in the form the runner takes and returns: (state or its flat form, cast copy). Reads its step
+        (one sync)."""
         self._next_step = int(jax.device_get(state.step))
-        return state, self._make_copy(state.params)
+        copy = self._make_copy(state.params)
+        return (state if self._to_held is None else self._to_held(state)), copy
 
     def state(self, held: Any) -> TrainState:
         """The TrainState of a held form."""
-        return held[0]
+        return held[0] if self._from_held is None else self._from_held(held[0])
 
     def _program(self, batches: Batch):
         """The program for the next call's steps (module docstring)."""

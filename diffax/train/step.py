@@ -101,11 +101,13 @@ def _microbatches(batch: Batch, count: int, mesh: Mesh) -> Batch:
 
 
 def make_step_fn(experiment: Experiment, optimizer: optax.GradientTransformation, mesh: Mesh) -> StepFn:
-    """step(state, batch, net_params=None) -> (state, metrics), not jitted.
+    """step(state, batch, net_params=None, layout=None) -> (state, metrics), not jitted.
 
     batch: {"image": (B, *example), "label": (B,)}. net_params: the parameters the network computes with, if not
     state.params (the runner's cast copy: some leaves in the compute dtype); the gradient is taken there and cast to
-    the parameters' dtypes. metrics: the loss's ({"loss", "eps_mse", "x0_mse"} or {"loss", "accuracy"}) and
+    the parameters' dtypes. layout: where the runner holds the state in another form than the parameter tree (its
+    flat vectors), the map between them: `layout.tree(state.params)` is the tree, `layout.held(tree)` the held form
+    of a tree of gradients; optimizer and EMA then run on the held form. metrics: the loss's ({"loss", "eps_mse", "x0_mse"} or {"loss", "accuracy"}) and
     {"grad_norm", "learning_rate"}, scalars.
     """
     config = experiment.config
@@ -134,9 +136,11 @@ def make_step_fn(experiment: Experiment, optimizer: optax.GradientTransformation
         total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum), micro))
         return jax.tree.map(lambda x: x / accum, total)
 
-    def step(state: TrainState, batch: Batch, net_params=None) -> tuple[TrainState, Metrics]:
-        net_params = state.params if net_params is None else net_params
-        grads, metrics = gradients(state.params, net_params, batch, jax.random.fold_in(state.key, state.step))
+    def step(state: TrainState, batch: Batch, net_params=None, layout=None) -> tuple[TrainState, Metrics]:
+        params = state.params if layout is None else layout.tree(state.params)
+        net_params = params if net_params is None else net_params
+        grads, metrics = gradients(params, net_params, batch, jax.random.fold_in(state.key, state.step))
+        grads = grads if layout is None else layout.held(grads)
         grad_norm = optax.tree.norm(grads)
         grads = clip_by_global_norm(grads, grad_norm, config.optim.grad_clip_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
