@@ -29,6 +29,7 @@ def get_config(variant: str = ""):
     config.optim.grad_clip_norm = 1.0
     config.train.batch_size = 128
     config.train.num_steps = 800_000
+    config.train.steps_per_dispatch = 4  # Short steps: the host launches one program per 4 (runner.py).
     config.train.flat_state = True  # The update as a few fusions over flat vectors (runner.py; NOTES, session 6).
     config.train.ema_decays = (0.9999,)
     config.train.log_every = 500
