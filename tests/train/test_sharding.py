@@ -1,4 +1,5 @@
-"""The same run on 8 virtual CPU devices, on 1 device, and with FSDP agrees; checkpoints move across device counts.
+"""The same run on 8 virtual CPU devices, on 1 device, with FSDP and with the flat train state agrees; checkpoints
+move across device counts, and a flat-state run resumes exactly.
 
 Everything runs in one subprocess with 8 virtual devices (JAX fixes the device count at start-up); the runs use
 gradient accumulation, so micro-batches must also stay consistent across layouts.
@@ -7,7 +8,7 @@ gradient accumulation, so micro-batches must also stay consistent across layouts
 from train_helpers import run_python
 
 SCRIPT = """
-import sys
+import shutil, sys
 import jax, numpy as np
 sys.path.insert(0, ".")
 from tests.train.train_helpers import assert_trees_equal, tiny_digits
@@ -37,6 +38,14 @@ for devices in (1, 4):  # Saved on 8 devices, restored bitwise onto fewer.
     assert mesh.devices.size == devices
     assert {d for leaf in jax.tree.leaves(restored) for d in leaf.sharding.device_set} == set(jax.devices()[:devices])
     assert_trees_equal(jax.device_get(restored), states["eight"])
+# The flat train state on 8 devices (replicated vectors, batch split): the same training up to rounding, and a run
+# stopped at step 2 and resumed from its checkpoint (the tree form) ends bitwise where the uninterrupted one does.
+flat = {**base, "train.flat_state": True, "train.checkpoint_every": 2}
+states["flat"] = jax.device_get(train(tiny_digits(**flat), f"{WORKDIR}/flat"))
+assert_trees_equal(states["flat"].params, states["eight"].params, rtol=1e-3, atol=5e-5)
+shutil.copytree(f"{WORKDIR}/flat", f"{WORKDIR}/flat_resumed")
+shutil.rmtree(f"{WORKDIR}/flat_resumed/checkpoints/4")  # As if stopped after step 2's checkpoint.
+assert_trees_equal(jax.device_get(train(tiny_digits(**flat), f"{WORKDIR}/flat_resumed")), states["flat"])
 print("sharding ok")
 """
 
