@@ -5,7 +5,7 @@
     held, metrics = runner(held, batches)     # batches {"image": (n, B, ...), "label": (n, B)}; metrics (n,) each
     state = runner.state(held)                # the TrainState again, to checkpoint or sample
 
-Two mechanisms, both off unless the config asks (the train state and the checkpoint never depend on them):
+Three mechanisms, each off unless the config asks (the train state and the checkpoint never depend on them):
   train.steps_per_dispatch = n   n optimizer steps per jitted call (`lax.scan`), so the host launches one program
                                  per n steps; n = 1 runs the step without a loop, since XLA:CPU runs loop bodies
                                  several times slower than straight-line code.
@@ -130,9 +130,9 @@ class StepRunner:
         else:
             steps, self._first_adversarial = {True: make_step_fn(experiment, optimizer, mesh)}, 0
         self._next_step = 0
-        layout = self._layout = FlatLayout(abstract) if experiment.config.train.flat_state else None
-        if layout is not None and experiment.task == "autoencoder":
+        if experiment.config.train.flat_state and experiment.task == "autoencoder":
             raise ValueError("config.train.flat_state = True: not for autoencoder runs (two optimizers, BatchNorm)")
+        layout = FlatLayout(abstract) if experiment.config.train.flat_state else None
         tree = (lambda params: params) if layout is None else layout.tree
 
         def program(step):
