@@ -107,8 +107,8 @@ def make_step_fn(experiment: Experiment, optimizer: optax.GradientTransformation
     state.params (the runner's cast copy: some leaves in the compute dtype); the gradient is taken there and cast to
     the parameters' dtypes. layout: where the runner holds the state in another form than the parameter tree (its
     flat vectors), the map between them: `layout.tree(state.params)` is the tree, `layout.held(tree)` the held form
-    of a tree of gradients; optimizer and EMA then run on the held form. metrics: the loss's ({"loss", "eps_mse", "x0_mse"} or {"loss", "accuracy"}) and
-    {"grad_norm", "learning_rate"}, scalars.
+    of a tree of gradients; optimizer and EMA then run on the held form. metrics: the loss's ({"loss", "eps_mse",
+    "x0_mse"} or {"loss", "accuracy"}) and {"grad_norm", "learning_rate"}, scalars.
     """
     config = experiment.config
     accum = config.train.grad_accum_steps

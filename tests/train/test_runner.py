@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from train_helpers import assert_trees_equal, tiny_digits, train_on_random_batches
 
-from diffax.experiment import build_experiment
+from configs import autoencoder_mnist
 from diffax import parallel
-from diffax.train.optimizer import make_optimizer
+from diffax.experiment import build_experiment
+from diffax.train.optimizer import task_optimizer
 from diffax.train.runner import FlatLayout, StepRunner, declared_casts
 from diffax.train.state import config_abstract_state, create_train_state
 
@@ -69,18 +70,21 @@ def test_flat_state_trains_as_the_tree_state_up_to_rounding(tfds_dir, overrides,
     assert_trees_equal(jax.device_get(runner.state(held)), jax.device_get(plain))
 
 
+def _abstract(experiment):
+    """(optimizer, mesh, abstract train state) of the experiment's config."""
+    optimizer = task_optimizer(experiment.config)
+    mesh = parallel.mesh_from_config(experiment.config.mesh)
+    return optimizer, mesh, config_abstract_state(experiment, optimizer, mesh)
+
+
 def _initial(overrides):
     experiment = _experiment(**overrides)
-    optimizer = make_optimizer(experiment.config.optim, experiment.config.train.num_steps)
-    abstract = config_abstract_state(experiment, optimizer, parallel.mesh_from_config(experiment.config.mesh))
+    optimizer, _, abstract = _abstract(experiment)
     return create_train_state(experiment, optimizer, abstract, experiment.config.seed)
 
 
 def test_flat_state_refuses_sharded_parameters_and_autoencoders(tfds_dir):
-    experiment = _experiment(**{"train.flat_state": True})
-    optimizer = make_optimizer(experiment.config.optim, experiment.config.train.num_steps)
-    mesh = parallel.mesh_from_config(experiment.config.mesh)
-    abstract = config_abstract_state(experiment, optimizer, mesh)
+    _, mesh, abstract = _abstract(_experiment(**{"train.flat_state": True}))
     fsdp_leaf = types.SimpleNamespace(shape=(8,), size=8, dtype=np.dtype("float32"),
                                       sharding=types.SimpleNamespace(is_fully_replicated=False))  # As mesh.fsdp > 1.
     sharded = abstract.replace(params={**abstract.params, "sharded": fsdp_leaf})
@@ -89,12 +93,9 @@ def test_flat_state_refuses_sharded_parameters_and_autoencoders(tfds_dir):
     with pytest.raises(ValueError, match="flat_state = True: every parameter must be float32"):
         FlatLayout(abstract.replace(params=jax.tree.map(
             lambda leaf: jax.ShapeDtypeStruct(leaf.shape, "bfloat16", sharding=leaf.sharding), abstract.params)))
-    from configs import autoencoder_mnist
-    from diffax.experiment import build_experiment
-    from diffax.train.optimizer import task_optimizer
     config = autoencoder_mnist.get_config("tiny")
     config.train.flat_state = True
-    ae = build_experiment(config)
-    ae_optimizer = task_optimizer(config)
+    autoencoder = build_experiment(config)
+    ae_optimizer, _, ae_abstract = _abstract(autoencoder)
     with pytest.raises(ValueError, match="flat_state = True: not for autoencoder runs"):
-        StepRunner(ae, ae_optimizer, mesh, config_abstract_state(ae, ae_optimizer, mesh))
+        StepRunner(autoencoder, ae_optimizer, mesh, ae_abstract)
