@@ -95,8 +95,10 @@ class FlatLayout:
         return jax.tree.structure(node) == self._treedef
 
     def held(self, tree: Any) -> jax.Array:
-        """A parameter-shaped tree -> its (P,) vector."""
-        return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(tree)])
+        """A parameter-shaped tree -> its (P,) vector, written once: behind an optimization barrier, where XLA would
+        otherwise fuse the concatenate of every leaf into each reader (the gradient norm, AdamW), which is slow
+        (benchmarks/NOTES.md, session 7)."""
+        return jax.lax.optimization_barrier(jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(tree)]))
 
     def tree(self, vector: jax.Array) -> Any:
         """A (P,) vector -> the parameter-shaped tree (slices of it)."""
