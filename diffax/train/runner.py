@@ -97,7 +97,7 @@ class FlatLayout:
     def held(self, tree: Any) -> jax.Array:
         """A parameter-shaped tree -> its (P,) vector, written once: behind an optimization barrier, where XLA would
         otherwise fuse the concatenate of every leaf into each reader (the gradient norm, AdamW), which is slow
-        (benchmarks/NOTES.md, session 7)."""
+        (benchmarks/NOTES.md, "The flat gradient written once")."""
         return jax.lax.optimization_barrier(jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(tree)]))
 
     def tree(self, vector: jax.Array) -> Any:
