@@ -139,6 +139,7 @@ class SpatialAttention(nn.Module):
       head_channels: channels per head (ADM uses 64); None means a single head (DDPM, DDPM++).
       skip_scale: 1 (DDPM, ADM) or 1/sqrt(2) (DDPM++ / NCSN++).
       norm_groups: GroupNorm groups; None for `layers.num_groups(channels)`.
+      two_stage_bias_grads: the GroupNorm's bias gradient in two stages (see `diffax.nets.layers`).
     """
 
     head_channels: int | None = None
@@ -148,6 +149,7 @@ class SpatialAttention(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     norm_groups: int | None = None
+    two_stage_bias_grads: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
@@ -156,7 +158,8 @@ class SpatialAttention(nn.Module):
         num_heads = 1 if self.head_channels is None else channels // self.head_channels
 
         def attend(x: jax.Array, context: jax.Array | None) -> jax.Array:
-            tokens = group_norm(channels, self.norm_eps, self.param_dtype, groups=self.norm_groups)(x)
+            tokens = group_norm(channels, self.norm_eps, self.param_dtype, groups=self.norm_groups,
+                                two_stage_bias_grads=self.two_stage_bias_grads)(x)
             tokens = tokens.reshape(batch, height * width, channels)
             attention = Attention(num_heads, implementation=self.implementation, dtype=self.dtype,
                                   param_dtype=self.param_dtype)

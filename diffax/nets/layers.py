@@ -7,6 +7,13 @@ vectors are float32: that costs little and lowers the bf16-vs-float32 error; wha
 
 Images are NHWC. Initialization follows DDPM / EDM: Xavier-uniform weights, and zero for the last layer of every
 residual branch, so each block starts as the identity.
+
+Two-stage bias gradients (`two_stage_bias_grads`, off unless a recipe turns it on). The gradient of a per-channel
+bias over (B, H, W, C) is one column reduction of B*H*W rows. Where B*H*W is small (2,048 at 4x4 and batch 128),
+XLA's GPU backend gives it one thread block per 128 channels and fuses the input gradient into the same kernel,
+which then runs on 2 of an H200's 132 SMs. `add_bias` reduces over each example's pixels first and then, behind an
+optimization barrier, over the batch; `GroupNorm` and `Conv` add their bias with it. They are Flax's nn.GroupNorm
+and nn.Conv otherwise, with the same parameters and names (benchmarks/NOTES.md, "The flat gradient written once").
 """
 
 from __future__ import annotations
@@ -45,12 +52,76 @@ def num_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> 
     return groups
 
 
+@jax.custom_vjp
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """y (B, ..., C) + bias (C,), in y's dtype; the bias gradient is summed over each example's other axes, then (after
+    an optimization barrier, so that XLA keeps the stages apart) over B, in float32 (see the module docstring)."""
+    return y + bias.astype(y.dtype)
+
+
+def _add_bias_fwd(y: jax.Array, bias: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return add_bias(y, bias), bias
+
+
+def _add_bias_bwd(bias: jax.Array, grad: jax.Array) -> tuple[jax.Array, jax.Array]:
+    per_example = grad.astype(jnp.float32).sum(axis=tuple(range(1, grad.ndim - 1)))  # (B, C)
+    return grad, jax.lax.optimization_barrier(per_example).sum(axis=0).astype(bias.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+class GroupNorm(nn.Module):
+    """Flax's nn.GroupNorm (fast variance E[x^2] - E[x]^2 in float32, float32 output) with its bias added by
+    `add_bias`; parameters `scale` and `bias` (C,) as Flax's.
+
+        y = (x - mean_g) * (rsqrt(var_g + eps) * scale) + bias
+
+    mean_g, var_g over each example's pixels and the C / num_groups channels of its group. The scale sits in the
+    per-example factor (B, 1, 1, C), as in Flax, so its gradient is already reduced in two stages.
+    """
+
+    num_groups: int
+    epsilon: float
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x (B, ..., C) -> float32 (B, ..., C)."""
+        channels = x.shape[-1]
+        group_size = channels // self.num_groups
+        grouped = x.reshape(*x.shape[:-1], self.num_groups, group_size).astype(jnp.float32)
+        axes = (*range(1, x.ndim - 1), x.ndim)
+        mean = grouped.mean(axes)
+        var = jnp.maximum(0.0, jnp.square(grouped).mean(axes) - jnp.square(mean))  # (B, groups)
+        per_channel = (x.shape[0], *[1] * (x.ndim - 2), channels)
+        mean, var = (jnp.repeat(stat, group_size, axis=-1).reshape(per_channel) for stat in (mean, var))
+        scale = self.param("scale", nn.initializers.ones_init(), (channels,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros_init(), (channels,), self.param_dtype)
+        return add_bias((x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale), bias)
+
+
+class Conv(nn.Conv):
+    """Flax's nn.Conv with its bias added by `add_bias`: parameters `kernel` and `bias` as nn.Conv's. `use_bias`
+    stays False, so that nn.Conv adds none of its own; the bias is always there."""
+
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        """inputs (B, H, W, C_in) -> (B, H', W', features)."""
+        y = super().__call__(inputs)
+        return add_bias(y, self.param("bias", self.bias_init, (self.features,), self.param_dtype))
+
+
 def group_norm(channels: int, eps: float, param_dtype: Dtype = jnp.float32, name: str | None = None,
-               groups: int | None = None) -> nn.GroupNorm:
+               groups: int | None = None, two_stage_bias_grads: bool = False) -> nn.Module:
     """GroupNorm (Wu & He 2018) with a float32 output (see the module docstring): `groups` groups (LDM's autoencoder
-    fixes 32), or `num_groups(channels)` where None."""
+    fixes 32), or `num_groups(channels)` where None; diffax's `GroupNorm` where `two_stage_bias_grads`."""
     if groups is not None and channels % groups:
         raise ValueError(f"GroupNorm over {channels} channels: {groups} groups do not divide them")
+    if two_stage_bias_grads:
+        return GroupNorm(groups or num_groups(channels), eps, param_dtype, name=name)
     return nn.GroupNorm(num_groups=groups or num_groups(channels), epsilon=eps, dtype=jnp.float32,
                         param_dtype=param_dtype, name=name)
 
@@ -203,6 +274,7 @@ class ResBlock(nn.Module):
       skip_projection: use a 1x1 conv on the skip path whenever the block resamples.
       scale_shift: ADM's scale-shift norm instead of additive conditioning.
       skip_scale: 1 (DDPM, ADM) or 1/sqrt(2) (DDPM++).
+      two_stage_bias_grads: the norms' and convolutions' bias gradients in two stages (see the module docstring).
     """
 
     out_channels: int
@@ -213,15 +285,17 @@ class ResBlock(nn.Module):
     dropout: float = 0.0
     skip_scale: float = 1.0
     norm_eps: float = 1e-6
+    two_stage_bias_grads: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
         """x (B, H, W, Cin), emb (B, E) already activated (SiLU) -> (B, H', W', out_channels)."""
-        conv = functools.partial(nn.Conv, self.out_channels, kernel_init=xavier_init, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
-        norm = functools.partial(group_norm, eps=self.norm_eps, param_dtype=self.param_dtype)
+        conv = functools.partial(Conv if self.two_stage_bias_grads else nn.Conv, self.out_channels,
+                                 kernel_init=xavier_init, dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = functools.partial(group_norm, eps=self.norm_eps, param_dtype=self.param_dtype,
+                                 two_stage_bias_grads=self.two_stage_bias_grads)
         h = nn.silu(norm(x.shape[-1])(x))
         h = conv((3, 3), padding=((1, 1), (1, 1)))(resample_2d(h, self.resample, self.resample_filter))
         cond = nn.Dense(self.out_channels * (2 if self.scale_shift else 1), kernel_init=xavier_init,

@@ -70,6 +70,8 @@ class UNet(nn.Module):
       out_channels: output channels; None = same as the input.
       remat: False, 'full' (or True) or '+'-joined parts to keep such as 'dots': see `maybe_remat`.
       attention_implementation: 'xla', 'cudnn' or None (cuDNN where it applies; see diffax.nets.attention).
+      two_stage_bias_grads: reduce the GroupNorms' and the ResBlock convolutions' bias gradients over each
+        example's pixels, then over the batch (a speed option for small feature maps; see diffax.nets.layers).
       dtype, param_dtype: compute and parameter dtypes.
     """
 
@@ -96,6 +98,7 @@ class UNet(nn.Module):
     norm_eps: float = 1e-6
     remat: bool | str = False
     attention_implementation: AttentionImplementation = None
+    two_stage_bias_grads: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -125,12 +128,12 @@ class UNet(nn.Module):
             block = res_block_cls(channels, resample=resample, resample_filter=self.resample_filter,
                                   skip_projection=self.skip_projection, scale_shift=self.scale_shift,
                                   dropout=self.dropout, skip_scale=self.skip_scale, norm_eps=self.norm_eps,
-                                  name=name, **precision)
+                                  two_stage_bias_grads=self.two_stage_bias_grads, name=name, **precision)
             return block(h, emb, train)
 
         def attention(h: jax.Array, name: str) -> jax.Array:
             return attention_cls(self.head_channels, self.skip_scale, self.norm_eps, self.attention_implementation,
-                                 name=name, **precision)(h, context)
+                                 two_stage_bias_grads=self.two_stage_bias_grads, name=name, **precision)(h, context)
 
         def resample(h: jax.Array, direction: str, name: str) -> jax.Array:
             if self.resample == "resblock":
@@ -165,7 +168,8 @@ class UNet(nn.Module):
                 if level in self.attention_levels and (self.decoder_attention == "all" or last):
                     h = attention(h, f"dec{level}_attn{index}")
 
-        h = nn.silu(group_norm(h.shape[-1], self.norm_eps, self.param_dtype, name="head_norm")(h))
+        h = nn.silu(group_norm(h.shape[-1], self.norm_eps, self.param_dtype, name="head_norm",
+                               two_stage_bias_grads=self.two_stage_bias_grads)(h))
         h = nn.Conv(self.out_channels or x.shape[-1], (3, 3), padding=((1, 1), (1, 1)), kernel_init=zero_init,
                     name="head", **precision)(h)
         return h[:, :height, :width].astype(x.dtype)

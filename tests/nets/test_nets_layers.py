@@ -1,5 +1,9 @@
-"""Building blocks against independent references: attention, FIR resampling, embeddings, group counts."""
+"""Building blocks against independent references: attention, FIR resampling, embeddings, group counts, and the
+two-stage bias gradients against Flax's own layers."""
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +12,8 @@ import pytest
 from diffax.nets import attention as attention_lib
 from diffax.nets.attention import Attention
 from diffax.nets.embeddings import fourier_embedding, sincos_2d_positions, sinusoidal_embedding
-from diffax.nets.layers import downsample_2d, num_groups, split_xavier_init, upsample_2d
+from diffax.nets.layers import Conv, GroupNorm, add_bias, downsample_2d, num_groups, split_xavier_init, upsample_2d
+from diffax.nets.unet import UNet
 
 
 def reference_attention(x, context, params, num_heads):
@@ -139,3 +144,72 @@ def test_2d_positions_are_distinct_and_bounded():
 @pytest.mark.parametrize("channels, groups", [(128, 32), (256, 32), (64, 16), (16, 4), (12, 3), (6, 1), (3, 1)])
 def test_group_counts(channels, groups):
     assert num_groups(channels) == groups
+
+
+def _perturbed(params, scale=0.1):
+    """params + scale * N(0, 1) noise, so that biases and scales are not their zero / one initial values."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(7), len(leaves))
+    return treedef.unflatten([p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+
+
+def _values_and_grads(module, params, x):
+    """module(x), and the gradients of sum(sin(module(x))) with respect to the parameters and x."""
+    loss = lambda p, x: jnp.sum(jnp.sin(module.apply(p, x).astype(jnp.float32)))  # noqa: E731
+    return module.apply(params, x), jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+
+
+def test_add_bias_gradient_is_the_sum_over_all_but_the_channel_axis():
+    y = jax.random.normal(jax.random.key(0), (3, 4, 5, 6))
+    bias = jax.random.normal(jax.random.key(1), (6,))
+    weights = jax.random.normal(jax.random.key(2), y.shape)
+    grad_y, grad_bias = jax.grad(lambda y, b: jnp.sum(add_bias(y, b) * weights), argnums=(0, 1))(y, bias)
+    np.testing.assert_allclose(add_bias(y, bias), y + bias)
+    np.testing.assert_allclose(grad_y, weights)
+    np.testing.assert_allclose(grad_bias, weights.sum(axis=(0, 1, 2)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_group_norm_matches_flax(dtype):
+    """Same parameters, outputs and gradients as nn.GroupNorm (float32 output), for float32 and bf16 inputs."""
+    x = (3.0 + 2.0 * jax.random.normal(jax.random.key(0), (2, 6, 5, 32))).astype(dtype)
+    ours, flax_norm = GroupNorm(8, 1e-6), nn.GroupNorm(num_groups=8, epsilon=1e-6, dtype=jnp.float32)
+    params = flax_norm.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
+    params = _perturbed(params)
+    (out, grads), (expected, expected_grads) = (_values_and_grads(m, params, x) for m in (ours, flax_norm))
+    assert out.dtype == expected.dtype == jnp.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_matches_flax():
+    """Same parameters (kernel, bias), outputs and gradients as nn.Conv."""
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 5))
+    ours, flax_conv = Conv(7, (3, 3), padding=((1, 1), (1, 1))), nn.Conv(7, (3, 3), padding=((1, 1), (1, 1)))
+    params = ours.init(jax.random.key(1), x)
+    expected_params = flax_conv.init(jax.random.key(1), x)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params, expected_params))
+    params = _perturbed(params)
+    (out, grads), (expected, expected_grads) = (_values_and_grads(m, params, x) for m in (ours, flax_conv))
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_unet_two_stage_bias_grads_keeps_parameters_and_gradients():
+    """The option changes how the bias gradients are summed, nothing else: the same parameter tree and initial
+    values (checkpoints load either way), the same output, and the same gradients in float32."""
+    kwargs = dict(channels=16, channel_mult=(1, 2), attention_levels=(1,), dropout=0.0)
+    x, noise_level = jax.random.normal(jax.random.key(0), (2, 8, 8, 3)), jnp.array([0.2, 0.7])
+    plain, two_stage = UNet(**kwargs), UNet(**kwargs, two_stage_bias_grads=True)
+    params = plain.init(jax.random.key(1), x, noise_level, train=False)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params,
+                                     two_stage.init(jax.random.key(1), x, noise_level, train=False)))
+    params = _perturbed(params, 0.05)  # A zero-initialized head would make every other gradient zero.
+    loss = lambda net, p: jnp.sum(net.apply(p, x, noise_level, train=False) ** 2)  # noqa: E731
+    grads, expected = (jax.jit(jax.grad(functools.partial(loss, net)))(params) for net in (two_stage, plain))
+    np.testing.assert_allclose(loss(two_stage, params), loss(plain, params), rtol=1e-6)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.abs(want).max()))
