@@ -13,7 +13,7 @@ bias over (B, H, W, C) is one column reduction of B*H*W rows. Where B*H*W is sma
 XLA's GPU backend gives it one thread block per 128 channels and fuses the input gradient into the same kernel,
 which then runs on 2 of an H200's 132 SMs. `add_bias` reduces over each example's pixels first and then, behind an
 optimization barrier, over the batch; `GroupNorm` and `Conv` add their bias with it. They are Flax's nn.GroupNorm
-and nn.Conv otherwise, with the same parameters and names (benchmarks/NOTES.md, "The flat gradient written once").
+and nn.Conv otherwise, with the same parameters and names (benchmarks/NOTES.md, "two-stage bias gradients").
 """
 
 from __future__ import annotations
