@@ -71,47 +71,43 @@ def _add_bias_bwd(bias: jax.Array, grad: jax.Array) -> tuple[jax.Array, jax.Arra
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
-class GroupNorm(nn.Module):
-    """Flax's nn.GroupNorm (fast variance E[x^2] - E[x]^2 in float32, float32 output) with its bias added by
-    `add_bias`; parameters `scale` and `bias` (C,) as Flax's.
+class GroupNorm(nn.GroupNorm):
+    """Flax's nn.GroupNorm with its bias added by `add_bias`: parameters `scale` and `bias` (C,) as Flax's.
 
         y = (x - mean_g) * (rsqrt(var_g + eps) * scale) + bias
 
-    mean_g, var_g over each example's pixels and the C / num_groups channels of its group. The scale sits in the
-    per-example factor (B, 1, 1, C), as in Flax, so its gradient is already reduced in two stages.
+    mean_g, var_g over each example's pixels and the channels of its group. The scale already sits in a per-example
+    factor (B, 1, 1, C), so its gradient is reduced in two stages by Flax's own code. `use_bias` stays False, so
+    that nn.GroupNorm adds no bias of its own; the bias is always there.
     """
 
-    num_groups: int
-    epsilon: float
-    param_dtype: Dtype = jnp.float32
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x (B, ..., C) -> float32 (B, ..., C)."""
-        channels = x.shape[-1]
-        group_size = channels // self.num_groups
-        grouped = x.reshape(*x.shape[:-1], self.num_groups, group_size).astype(jnp.float32)
-        axes = (*range(1, x.ndim - 1), x.ndim)
-        mean = grouped.mean(axes)
-        var = jnp.maximum(0.0, jnp.square(grouped).mean(axes) - jnp.square(mean))  # (B, groups)
-        per_channel = (x.shape[0], *[1] * (x.ndim - 2), channels)
-        mean, var = (jnp.repeat(stat, group_size, axis=-1).reshape(per_channel) for stat in (mean, var))
-        scale = self.param("scale", nn.initializers.ones_init(), (channels,), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros_init(), (channels,), self.param_dtype)
-        return add_bias((x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale), bias)
+        """x (B, ..., C) -> (B, ..., C) in `dtype`."""
+        _refuse_own_bias(self)
+        y = super().__call__(x)
+        return add_bias(y, self.param("bias", self.bias_init, (x.shape[-1],), self.param_dtype))
 
 
 class Conv(nn.Conv):
     """Flax's nn.Conv with its bias added by `add_bias`: parameters `kernel` and `bias` as nn.Conv's. `use_bias`
-    stays False, so that nn.Conv adds none of its own; the bias is always there."""
+    stays False, so that nn.Conv adds no bias of its own; the bias is always there."""
 
     use_bias: bool = False
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
         """inputs (B, H, W, C_in) -> (B, H', W', features)."""
+        _refuse_own_bias(self)
         y = super().__call__(inputs)
         return add_bias(y, self.param("bias", self.bias_init, (self.features,), self.param_dtype))
+
+
+def _refuse_own_bias(module: nn.Module) -> None:
+    if module.use_bias:
+        raise ValueError(f"{type(module).__name__} adds its bias with add_bias: leave use_bias False")
 
 
 def group_norm(channels: int, eps: float, param_dtype: Dtype = jnp.float32, name: str | None = None,
@@ -120,10 +116,9 @@ def group_norm(channels: int, eps: float, param_dtype: Dtype = jnp.float32, name
     fixes 32), or `num_groups(channels)` where None; diffax's `GroupNorm` where `two_stage_bias_grads`."""
     if groups is not None and channels % groups:
         raise ValueError(f"GroupNorm over {channels} channels: {groups} groups do not divide them")
-    if two_stage_bias_grads:
-        return GroupNorm(groups or num_groups(channels), eps, param_dtype, name=name)
-    return nn.GroupNorm(num_groups=groups or num_groups(channels), epsilon=eps, dtype=jnp.float32,
-                        param_dtype=param_dtype, name=name)
+    norm_cls = GroupNorm if two_stage_bias_grads else nn.GroupNorm
+    return norm_cls(num_groups=groups or num_groups(channels), epsilon=eps, dtype=jnp.float32,
+                    param_dtype=param_dtype, name=name)
 
 
 NORMALIZED = "normalized"  # checkpoint name of the normalized (and modulated) inputs of dense layers

@@ -173,7 +173,7 @@ def test_add_bias_gradient_is_the_sum_over_all_but_the_channel_axis():
 def test_group_norm_matches_flax(dtype):
     """Same parameters, outputs and gradients as nn.GroupNorm (float32 output), for float32 and bf16 inputs."""
     x = (3.0 + 2.0 * jax.random.normal(jax.random.key(0), (2, 6, 5, 32))).astype(dtype)
-    ours, flax_norm = GroupNorm(8, 1e-6), nn.GroupNorm(num_groups=8, epsilon=1e-6, dtype=jnp.float32)
+    ours, flax_norm = (cls(num_groups=8, epsilon=1e-6, dtype=jnp.float32) for cls in (GroupNorm, nn.GroupNorm))
     params = flax_norm.init(jax.random.key(1), x)
     assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
     params = _perturbed(params)
@@ -196,6 +196,12 @@ def test_conv_matches_flax():
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("module", [Conv(3, (1, 1), use_bias=True), GroupNorm(num_groups=2, use_bias=True)])
+def test_two_stage_layers_refuse_a_second_bias(module):
+    with pytest.raises(ValueError, match="use_bias"):
+        module.init(jax.random.key(0), jnp.ones((1, 2, 2, 4)))
 
 
 def test_unet_two_stage_bias_grads_keeps_parameters_and_gradients():
