@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffax.nets.dropout import PairedDropout
+
 Dtype = Any
 Resample = Literal["none", "up", "down"]
 
@@ -270,6 +272,7 @@ class ResBlock(nn.Module):
       scale_shift: ADM's scale-shift norm instead of additive conditioning.
       skip_scale: 1 (DDPM, ADM) or 1/sqrt(2) (DDPM++).
       two_stage_bias_grads: the norms' and convolutions' bias gradients in two stages (see the module docstring).
+      paired_dropout: `diffax.nets.dropout.PairedDropout` (two 16-bit decisions per random draw) for nn.Dropout.
     """
 
     out_channels: int
@@ -281,6 +284,7 @@ class ResBlock(nn.Module):
     skip_scale: float = 1.0
     norm_eps: float = 1e-6
     two_stage_bias_grads: bool = False
+    paired_dropout: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -300,7 +304,8 @@ class ResBlock(nn.Module):
             h = norm(self.out_channels)(h) * (1 + scale) + shift
         else:
             h = norm(self.out_channels)(h + cond)
-        h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
+        dropout_cls = PairedDropout if self.paired_dropout else nn.Dropout
+        h = dropout_cls(self.dropout, deterministic=not train)(nn.silu(h))
         h = conv((3, 3), padding=((1, 1), (1, 1)), kernel_init=zero_init)(h)
         skip = resample_2d(x, self.resample, self.resample_filter)
         if x.shape[-1] != self.out_channels or (self.resample != "none" and self.skip_projection):

@@ -72,6 +72,8 @@ class UNet(nn.Module):
       attention_implementation: 'xla', 'cudnn' or None (cuDNN where it applies; see diffax.nets.attention).
       two_stage_bias_grads: reduce the GroupNorms' and the ResBlock convolutions' bias gradients over each
         example's pixels, then over the batch (a speed option for small feature maps; see diffax.nets.layers).
+      paired_dropout: the ResBlocks' dropout masks from 16-bit decisions, two per random draw (a speed option; see
+        diffax.nets.dropout).
       dtype, param_dtype: compute and parameter dtypes.
     """
 
@@ -99,6 +101,7 @@ class UNet(nn.Module):
     remat: bool | str = False
     attention_implementation: AttentionImplementation = None
     two_stage_bias_grads: bool = False
+    paired_dropout: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -128,7 +131,8 @@ class UNet(nn.Module):
             block = res_block_cls(channels, resample=resample, resample_filter=self.resample_filter,
                                   skip_projection=self.skip_projection, scale_shift=self.scale_shift,
                                   dropout=self.dropout, skip_scale=self.skip_scale, norm_eps=self.norm_eps,
-                                  two_stage_bias_grads=self.two_stage_bias_grads, name=name, **precision)
+                                  two_stage_bias_grads=self.two_stage_bias_grads,
+                                  paired_dropout=self.paired_dropout, name=name, **precision)
             return block(h, emb, train)
 
         def attention(h: jax.Array, name: str) -> jax.Array:
