@@ -17,9 +17,10 @@ def get_config(variant: str = ""):
     config.data.name = "cifar10"
     config.data.random_flip = True
     config.model.name = "ddpm_cifar10"
-    # Bias gradients summed per example, then over the batch: XLA runs the one-stage sums at 4x4 on 2 thread blocks
-    # (diffax.nets.layers; NOTES, session 7).
+    # Bias gradients summed per example, then over the batch (XLA runs the one-stage sums at 4x4 on 2 thread blocks),
+    # GroupNorm's backward in closed form (diffax.nets.layers, norm_grads; NOTES, sessions 7-8).
     config.model.kwargs.two_stage_bias_grads = True
+    config.model.kwargs.paired_dropout = True  # Two 16-bit dropout decisions per random draw (diffax.nets.dropout).
     config.diffusion.schedule = "vp_discrete"
     config.diffusion.schedule_kwargs.update(num_steps=1000, beta_start=1e-4, beta_end=0.02)
     config.diffusion.prediction = "eps"

@@ -12,8 +12,9 @@ Two-stage bias gradients (`two_stage_bias_grads`, off unless a recipe turns it o
 bias over (B, H, W, C) is one column reduction of B*H*W rows. Where B*H*W is small (2,048 at 4x4 and batch 128),
 XLA's GPU backend gives it one thread block per 128 channels and fuses the input gradient into the same kernel,
 which then runs on 2 of an H200's 132 SMs. `add_bias` reduces over each example's pixels first and then, behind an
-optimization barrier, over the batch; `GroupNorm` and `Conv` add their bias with it. They are Flax's nn.GroupNorm
-and nn.Conv otherwise, with the same parameters and names (benchmarks/NOTES.md, "two-stage bias gradients").
+optimization barrier, over the batch; `Conv` (Flax's nn.Conv otherwise, same parameters) adds its bias with it.
+The option's GroupNorms are `diffax.nets.norm_grads.GroupNorm`, whose closed-form backward sums the same way
+(benchmarks/NOTES.md, sessions 7 and 8).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffax.nets import norm_grads
 from diffax.nets.dropout import PairedDropout
 
 Dtype = Any
@@ -73,26 +75,6 @@ def _add_bias_bwd(bias: jax.Array, grad: jax.Array) -> tuple[jax.Array, jax.Arra
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
-class GroupNorm(nn.GroupNorm):
-    """Flax's nn.GroupNorm with its bias added by `add_bias`: parameters `scale` and `bias` (C,) as Flax's.
-
-        y = (x - mean_g) * (rsqrt(var_g + eps) * scale) + bias
-
-    mean_g, var_g over each example's pixels and the channels of its group. The scale already sits in a per-example
-    factor (B, 1, 1, C), so its gradient is reduced in two stages by Flax's own code. `use_bias` stays False, so
-    that nn.GroupNorm adds no bias of its own; the bias is always there.
-    """
-
-    use_bias: bool = False
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x (B, ..., C) -> (B, ..., C) in `dtype`."""
-        _refuse_own_bias(self)
-        y = super().__call__(x)
-        return add_bias(y, self.param("bias", self.bias_init, (x.shape[-1],), self.param_dtype))
-
-
 class Conv(nn.Conv):
     """Flax's nn.Conv with its bias added by `add_bias`: parameters `kernel` and `bias` as nn.Conv's. `use_bias`
     stays False, so that nn.Conv adds no bias of its own; the bias is always there."""
@@ -115,10 +97,10 @@ def _refuse_own_bias(module: nn.Module) -> None:
 def group_norm(channels: int, eps: float, param_dtype: Dtype = jnp.float32, name: str | None = None,
                groups: int | None = None, two_stage_bias_grads: bool = False) -> nn.Module:
     """GroupNorm (Wu & He 2018) with a float32 output (see the module docstring): `groups` groups (LDM's autoencoder
-    fixes 32), or `num_groups(channels)` where None; diffax's `GroupNorm` where `two_stage_bias_grads`."""
+    fixes 32), or `num_groups(channels)` where None; `norm_grads.GroupNorm` where `two_stage_bias_grads`."""
     if groups is not None and channels % groups:
         raise ValueError(f"GroupNorm over {channels} channels: {groups} groups do not divide them")
-    norm_cls = GroupNorm if two_stage_bias_grads else nn.GroupNorm
+    norm_cls = norm_grads.GroupNorm if two_stage_bias_grads else nn.GroupNorm
     return norm_cls(num_groups=groups or num_groups(channels), epsilon=eps, dtype=jnp.float32,
                     param_dtype=param_dtype, name=name)
 
@@ -271,7 +253,8 @@ class ResBlock(nn.Module):
       skip_projection: use a 1x1 conv on the skip path whenever the block resamples.
       scale_shift: ADM's scale-shift norm instead of additive conditioning.
       skip_scale: 1 (DDPM, ADM) or 1/sqrt(2) (DDPM++).
-      two_stage_bias_grads: the norms' and convolutions' bias gradients in two stages (see the module docstring).
+      two_stage_bias_grads: the convolutions' bias gradients in two stages and the norms' backward in closed form
+        (see the module docstring).
       paired_dropout: `diffax.nets.dropout.PairedDropout` (two 16-bit decisions per random draw) for nn.Dropout.
     """
 

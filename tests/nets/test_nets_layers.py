@@ -1,5 +1,5 @@
 """Building blocks against independent references: attention, FIR resampling, embeddings, group counts, and the
-two-stage bias gradients against Flax's own layers."""
+two-stage bias gradients against Flax's own layers (the closed-form GroupNorm: test_nets_norm_grads.py)."""
 
 import functools
 
@@ -12,7 +12,7 @@ import pytest
 from diffax.nets import attention as attention_lib
 from diffax.nets.attention import Attention
 from diffax.nets.embeddings import fourier_embedding, sincos_2d_positions, sinusoidal_embedding
-from diffax.nets.layers import Conv, GroupNorm, add_bias, downsample_2d, num_groups, split_xavier_init, upsample_2d
+from diffax.nets.layers import Conv, add_bias, downsample_2d, num_groups, split_xavier_init, upsample_2d
 from diffax.nets.unet import UNet
 
 
@@ -169,21 +169,6 @@ def test_add_bias_gradient_is_the_sum_over_all_but_the_channel_axis():
     np.testing.assert_allclose(grad_bias, weights.sum(axis=(0, 1, 2)), rtol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_group_norm_matches_flax(dtype):
-    """Same parameters, outputs and gradients as nn.GroupNorm (float32 output), for float32 and bf16 inputs."""
-    x = (3.0 + 2.0 * jax.random.normal(jax.random.key(0), (2, 6, 5, 32))).astype(dtype)
-    ours, flax_norm = (cls(num_groups=8, epsilon=1e-6, dtype=jnp.float32) for cls in (GroupNorm, nn.GroupNorm))
-    params = flax_norm.init(jax.random.key(1), x)
-    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
-    params = _perturbed(params)
-    (out, grads), (expected, expected_grads) = (_values_and_grads(m, params, x) for m in (ours, flax_norm))
-    assert out.dtype == expected.dtype == jnp.float32
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
-    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
-        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=1e-4, atol=1e-4)
-
-
 def test_conv_matches_flax():
     """Same parameters (kernel, bias), outputs and gradients as nn.Conv."""
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 5))
@@ -198,10 +183,9 @@ def test_conv_matches_flax():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("module", [Conv(3, (1, 1), use_bias=True), GroupNorm(num_groups=2, use_bias=True)])
-def test_two_stage_layers_refuse_a_second_bias(module):
+def test_two_stage_conv_refuses_a_second_bias():
     with pytest.raises(ValueError, match="use_bias"):
-        module.init(jax.random.key(0), jnp.ones((1, 2, 2, 4)))
+        Conv(3, (1, 1), use_bias=True).init(jax.random.key(0), jnp.ones((1, 2, 2, 4)))
 
 
 def test_unet_two_stage_bias_grads_keeps_parameters_and_gradients():
@@ -217,5 +201,7 @@ def test_unet_two_stage_bias_grads_keeps_parameters_and_gradients():
     loss = lambda net, p: jnp.sum(net.apply(p, x, noise_level, train=False) ** 2)  # noqa: E731
     grads, expected = (jax.jit(jax.grad(functools.partial(loss, net)))(params) for net in (two_stage, plain))
     np.testing.assert_allclose(loss(two_stage, params), loss(plain, params), rtol=1e-6)
+    # A bias right before a GroupNorm has a zero gradient: both sides give rounding noise there, hence atol.
+    largest = max(float(jnp.abs(want).max()) for want in jax.tree.leaves(expected))
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.abs(want).max()))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * largest)
