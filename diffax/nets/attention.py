@@ -139,7 +139,7 @@ class SpatialAttention(nn.Module):
       head_channels: channels per head (ADM uses 64); None means a single head (DDPM, DDPM++).
       skip_scale: 1 (DDPM, ADM) or 1/sqrt(2) (DDPM++ / NCSN++).
       norm_groups: GroupNorm groups; None for `layers.num_groups(channels)`.
-      two_stage_bias_grads: the GroupNorm's bias gradient in two stages (see `diffax.nets.layers`).
+      two_stage_bias_grads: the GroupNorm's backward in closed form (see `diffax.nets.norm_grads`).
     """
 
     head_channels: int | None = None

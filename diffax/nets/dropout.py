@@ -4,13 +4,13 @@
     P(keep) = 1 - round(rate * 2^16) / 2^16                      (exact, so E[y] = x)
 
 Why not `nn.Dropout`: it draws 32 random bits for every element, and with JAX's partitionable threefry each 32-bit
-draw is one threefry2x32 hash (20 rounds of integer work) whose two words are XOR-ed together. In the DDPM CIFAR-10
-UNet at batch 128 that is about 140M hashes a step; on an H200 the kernels that draw the masks took 0.6 ms of a
-17.5-ms step, and the step ran 3.5% faster with dropout off. Here each hash decides two channels: channel c takes
-the low 16 bits of draw c and channel c + ceil(C / 2) the high 16 bits. That step gained 1.4% (0.5% beside the
-closed-form GroupNorm backward; benchmarks/NOTES.md, session 8). The rate is rounded to a multiple of 2^-16
-(0.1 -> 0.100006); `nn.Dropout` compares a float32 uniform, whose resolution is 2^-23. Draws are indexed by
-element, as `jax.random.bits`, so a sharded batch gives the same mask as an unsharded one.
+draw is one threefry2x32 hash (20 rounds of integer work) whose two words are XOR-ed together. A UNet with dropout
+in every ResBlock hashes once per activation of those blocks, and on a GPU the hashing is a visible part of a short
+step (benchmarks/NOTES.md, "Closed-form GroupNorm gradients and paired dropout masks"). Here each hash decides two
+channels: channel c takes the low 16 bits of draw c and channel c + ceil(C / 2) the high 16 bits. The rate is
+rounded to a multiple of 2^-16 (0.1 -> 0.100006); `nn.Dropout` compares a float32 uniform, whose resolution is
+2^-23. Draws are indexed by element, as `jax.random.bits`, so a sharded batch gives the same mask as an unsharded
+one.
 """
 
 from __future__ import annotations

@@ -12,12 +12,11 @@ Backward, from the per-example channel sums s1 = sum_pixels dy and s2 = sum_pixe
     dx = r (dy scale - a / n - xhat c / n),   a = sum_{c' in g} scale s1,  c = sum_{c' in g} scale s2   (B, G)
 
 Why not autodiff: differentiating nn.GroupNorm leaves XLA several reductions of (B, ..., C) per norm (through the
-mean, through the mean of squares, the scale's and the bias's gradients); on the DDPM CIFAR-10 UNet at batch 128
-they took about 2.3 ms of a 17.5-ms step on an H200. Here one multi-output reduction reads x and dy for s1 and s2,
-and dx is one elementwise pass that XLA fuses into its consumer: +1.9% on that step (benchmarks/NOTES.md, session
-8). s1 and s2 sit behind an optimization barrier before their batch sums, for the reason of `layers.add_bias`. The
-max(., 0) on the variance gets no gradient here: the closed form differentiates var = mean((x - mu)^2), which it
-equals.
+mean, through the mean of squares, the scale's and the bias's gradients), a visible part of a small UNet's step on
+a GPU (benchmarks/NOTES.md, "Closed-form GroupNorm gradients and paired dropout masks"). Here one multi-output
+reduction reads x and dy for s1 and s2, and dx is one elementwise pass that XLA fuses into its consumer. s1 and s2
+sit behind an optimization barrier before their batch sums, for the reason of `layers.add_bias`. The max(., 0) on
+the variance gets no gradient here: the closed form differentiates var = mean((x - mu)^2), which it equals.
 """
 
 from __future__ import annotations

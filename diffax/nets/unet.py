@@ -70,8 +70,9 @@ class UNet(nn.Module):
       out_channels: output channels; None = same as the input.
       remat: False, 'full' (or True) or '+'-joined parts to keep such as 'dots': see `maybe_remat`.
       attention_implementation: 'xla', 'cudnn' or None (cuDNN where it applies; see diffax.nets.attention).
-      two_stage_bias_grads: reduce the GroupNorms' and the ResBlock convolutions' bias gradients over each
-        example's pixels, then over the batch (a speed option for small feature maps; see diffax.nets.layers).
+      two_stage_bias_grads: reduce the ResBlock convolutions' bias gradients over each example's pixels, then over
+        the batch, and give the GroupNorms a closed-form backward that sums the same way (a speed option for small
+        feature maps; see diffax.nets.layers and diffax.nets.norm_grads).
       paired_dropout: the ResBlocks' dropout masks from 16-bit decisions, two per random draw (a speed option; see
         diffax.nets.dropout).
       dtype, param_dtype: compute and parameter dtypes.

@@ -67,7 +67,8 @@ examples = NamedSharding(mesh, PartitionSpec("data"))
 x = jax.random.normal(jax.random.key(0), (16, 4, 4, 6))
 fn = lambda x: PairedDropout(0.3).apply({}, x, rngs={"dropout": jax.random.key(5)})
 compiled = jax.jit(fn, in_shardings=examples, out_shardings=examples).lower(x).compile()
-collectives = [op for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute") if op in compiled.as_text()]
+hlo = compiled.as_text()
+collectives = [op for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute") if op in hlo]
 assert not collectives, collectives  # each device draws its own examples' masks
 np.testing.assert_array_equal(compiled(jax.device_put(x, examples)), jax.jit(fn)(x))
 print("dropout ok")

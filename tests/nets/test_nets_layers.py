@@ -189,8 +189,9 @@ def test_two_stage_conv_refuses_a_second_bias():
 
 
 def test_unet_two_stage_bias_grads_keeps_parameters_and_gradients():
-    """The option changes how the bias gradients are summed, nothing else: the same parameter tree and initial
-    values (checkpoints load either way), the same output, and the same gradients in float32."""
+    """The option changes how gradients are computed (bias sums in two stages, GroupNorm's backward in closed form),
+    nothing else: the same parameter tree and initial values (checkpoints load either way), the same output, and
+    the same gradients in float32."""
     kwargs = dict(channels=16, channel_mult=(1, 2), attention_levels=(1,), dropout=0.0)
     x, noise_level = jax.random.normal(jax.random.key(0), (2, 8, 8, 3)), jnp.array([0.2, 0.7])
     plain, two_stage = UNet(**kwargs), UNet(**kwargs, two_stage_bias_grads=True)
