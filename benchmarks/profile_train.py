@@ -5,7 +5,9 @@
 
 Traces `--steps` steps with `jax.profiler` (a Perfetto JSON trace, OUT/.../perfetto_trace.json.gz, which
 ui.perfetto.dev opens), then sums the device events by name per trace row ("XLA Ops", each stream) and prints the
-largest, in ms per step. The same trace file can be summarized again here with `--summarize FILE`.
+largest, in ms per step, after each row's count of events, of short ones and of the idle time between them (a step
+of many small kernels loses time to their launch latency; NOTES, session 8). The same trace file can be summarized
+again here with `--summarize FILE --steps N` (N: the steps traced).
 """
 
 from __future__ import annotations
@@ -40,17 +42,32 @@ def summarize(trace_file: str, steps: int, top: int) -> None:
         if event.get("ph") == "M" and event.get("name") == "thread_name":
             threads[event["pid"], event["tid"]] = event["args"]["name"]
     totals = collections.defaultdict(collections.Counter)
+    spans = collections.defaultdict(list)  # (start, duration) in us of each event, per row
     for event in events:
         if event.get("ph") != "X" or "device" not in processes.get(event.get("pid"), "").lower():
             continue
         row = threads.get((event["pid"], event["tid"]), "?")
         row = "Stream" if row.startswith("Stream") else row
         totals[row][event["name"]] += event.get("dur", 0) / 1e3 / steps
+        spans[row].append((event["ts"], event.get("dur", 0)))
     for row, counter in totals.items():
         total = sum(counter.values())
         print(f"\n== {row}: {total:.2f} ms per step (summed over events; streams overlap)")
+        print(launch_bound_share(spans[row], steps))
         for name, ms in counter.most_common(top):
             print(f"{ms:8.3f} ms {100 * ms / total:5.1f}%  {name[:150]}")
+
+
+def launch_bound_share(spans: list[tuple[float, float]], steps: int, short_us: float = 3.0,
+                       gap_us: float = 50.0) -> str:
+    """Per step: events, those shorter than `short_us` (mostly launch latency, not work) and their time, and the
+    idle time between consecutive events closer than `gap_us` (longer gaps are the host between calls)."""
+    spans = sorted(spans)
+    short = [duration for _, duration in spans if duration < short_us]
+    gaps = [b - (a + d) for (a, d), (b, _) in zip(spans, spans[1:])]
+    idle = sum(gap for gap in gaps if 0 < gap < gap_us)
+    return (f"   {len(spans) / steps:.0f} events a step; {len(short) / steps:.0f} shorter than {short_us:g} us "
+            f"({sum(short) / steps / 1e3:.2f} ms); {idle / steps / 1e3:.2f} ms idle between events")
 
 
 def main(argv):
