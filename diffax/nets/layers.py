@@ -89,6 +89,43 @@ class Conv(nn.Conv):
         return add_bias(y, self.param("bias", self.bias_init, (self.features,), self.param_dtype))
 
 
+class MatmulConv3x3(nn.Module):
+    """A 3x3 convolution (stride 1, zero padding 1) as nn.Conv's, parameters `kernel` (3, 3, C_in, C_out) and
+    `bias` (C_out,) included, computed as matrix products. For a thin side (the UNet's stem from 3 channels, its
+    head to 3), cuDNN pads the channels and picks slow kernels (benchmarks/NOTES.md, session 9); here, for
+    C_in <= C_out, the 9 shifted copies of the padded input, stacked on the channel axis (B, H, W, 9 C_in), times
+    the kernel as a (9 C_in, C_out) matrix; otherwise the input times the kernel as a (C_in, 9 C_out) matrix, whose
+    9 slices of C_out channels, padded and shifted, add up:
+
+        y[i, j] = sum_{a, b} (x @ kernel[a, b])_pad[i + a, j + b]       (x_pad @ W = (x @ W)_pad for zero padding)
+    """
+
+    features: int
+    kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
+    bias_init: Callable[..., jax.Array] = nn.initializers.zeros_init()
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x (B, H, W, C_in) -> (B, H, W, features)."""
+        channels, (height, width) = x.shape[-1], x.shape[1:3]
+        kernel = self.param("kernel", self.kernel_init, (3, 3, channels, self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        pad = ((0, 0), (1, 1), (1, 1), (0, 0))
+        if channels <= self.features:
+            padded = jnp.pad(x, pad)
+            patches = jnp.concatenate([padded[:, a:a + height, b:b + width] for a in range(3) for b in range(3)],
+                                      axis=-1)
+            y = patches @ kernel.reshape(9 * channels, self.features)
+        else:
+            taps = jnp.pad(x @ kernel.transpose(2, 0, 1, 3).reshape(channels, 9 * self.features), pad)
+            y = sum(taps[:, a:a + height, b:b + width, (3 * a + b) * self.features:(3 * a + b + 1) * self.features]
+                    for a in range(3) for b in range(3))
+        return y + bias
+
+
 def _refuse_own_bias(module: nn.Module) -> None:
     if module.use_bias:
         raise ValueError(f"{type(module).__name__} adds its bias with add_bias: leave use_bias False")

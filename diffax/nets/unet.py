@@ -34,6 +34,7 @@ from diffax.nets.embeddings import ConditioningEmbedding, EmbeddingType, LabelCo
 from diffax.nets.layers import (
     Downsample,
     Dtype,
+    MatmulConv3x3,
     ResBlock,
     Upsample,
     group_norm,
@@ -75,6 +76,8 @@ class UNet(nn.Module):
         feature maps; see diffax.nets.layers and diffax.nets.norm_grads).
       paired_dropout: the ResBlocks' dropout masks from 16-bit decisions, two per random draw (a speed option; see
         diffax.nets.dropout).
+      stem_head_as_matmuls: the stem and head convolutions as matrix products, same parameters (a speed option for
+        few image channels; see diffax.nets.layers.MatmulConv3x3).
       dtype, param_dtype: compute and parameter dtypes.
     """
 
@@ -103,6 +106,7 @@ class UNet(nn.Module):
     attention_implementation: AttentionImplementation = None
     two_stage_bias_grads: bool = False
     paired_dropout: bool = False
+    stem_head_as_matmuls: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -145,10 +149,15 @@ class UNet(nn.Module):
                 return res_block(h, h.shape[-1], name, direction)
             return (Downsample if direction == "down" else Upsample)(name=name, **precision)(h)
 
+        def conv3x3(features: int, kernel_init, name: str) -> nn.Module:
+            if self.stem_head_as_matmuls:
+                return MatmulConv3x3(features, kernel_init=kernel_init, name=name, **precision)
+            return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=kernel_init, name=name,
+                           **precision)
+
         height, width = x.shape[1:3]
         h = pad_to_multiple(x.astype(self.dtype), 2 ** (len(self.channel_mult) - 1))
-        h = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), kernel_init=xavier_init, name="stem",
-                    **precision)(h)
+        h = conv3x3(self.channels, xavier_init, "stem")(h)
         skips = [h]
         for level, mult in enumerate(self.channel_mult):
             if level > 0:
@@ -175,7 +184,6 @@ class UNet(nn.Module):
 
         h = nn.silu(group_norm(h.shape[-1], self.norm_eps, self.param_dtype, name="head_norm",
                                two_stage_bias_grads=self.two_stage_bias_grads)(h))
-        h = nn.Conv(self.out_channels or x.shape[-1], (3, 3), padding=((1, 1), (1, 1)), kernel_init=zero_init,
-                    name="head", **precision)(h)
+        h = conv3x3(self.out_channels or x.shape[-1], zero_init, "head")(h)
         return h[:, :height, :width].astype(x.dtype)
 

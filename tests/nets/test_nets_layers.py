@@ -1,8 +1,11 @@
-"""Building blocks against independent references: attention, FIR resampling, embeddings, group counts, and the
-two-stage bias gradients against Flax's own layers (the closed-form GroupNorm: test_nets_norm_grads.py)."""
+"""Building blocks against independent references: attention, FIR resampling, embeddings, group counts, the
+two-stage bias gradients and the 3x3 convolution as matrix products against Flax's own layers (the closed-form
+GroupNorm: test_nets_norm_grads.py)."""
 
 import functools
+import types
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,7 +15,7 @@ import pytest
 from diffax.nets import attention as attention_lib
 from diffax.nets.attention import Attention
 from diffax.nets.embeddings import fourier_embedding, sincos_2d_positions, sinusoidal_embedding
-from diffax.nets.layers import Conv, add_bias, downsample_2d, num_groups, split_xavier_init, upsample_2d
+from diffax.nets.layers import Conv, MatmulConv3x3, add_bias, downsample_2d, num_groups, split_xavier_init, upsample_2d
 from diffax.nets.unet import UNet
 
 
@@ -188,21 +191,72 @@ def test_two_stage_conv_refuses_a_second_bias():
         Conv(3, (1, 1), use_bias=True).init(jax.random.key(0), jnp.ones((1, 2, 2, 4)))
 
 
-def test_unet_two_stage_bias_grads_keeps_parameters_and_gradients():
-    """The option changes how gradients are computed (bias sums in two stages, GroupNorm's backward in closed form),
-    nothing else: the same parameter tree and initial values (checkpoints load either way), the same output, and
-    the same gradients in float32."""
+@pytest.fixture(scope="module")
+def plain_unet():
+    """A small UNet with every speed option off: its initial parameters, perturbed ones (a zero-initialized head
+    would make every other gradient zero), and the loss sum(net(x)^2) and its float32 gradient at them."""
     kwargs = dict(channels=16, channel_mult=(1, 2), attention_levels=(1,), dropout=0.0)
     x, noise_level = jax.random.normal(jax.random.key(0), (2, 8, 8, 3)), jnp.array([0.2, 0.7])
-    plain, two_stage = UNet(**kwargs), UNet(**kwargs, two_stage_bias_grads=True)
-    params = plain.init(jax.random.key(1), x, noise_level, train=False)
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params,
-                                     two_stage.init(jax.random.key(1), x, noise_level, train=False)))
-    params = _perturbed(params, 0.05)  # A zero-initialized head would make every other gradient zero.
     loss = lambda net, p: jnp.sum(net.apply(p, x, noise_level, train=False) ** 2)  # noqa: E731
-    grads, expected = (jax.jit(jax.grad(functools.partial(loss, net)))(params) for net in (two_stage, plain))
-    np.testing.assert_allclose(loss(two_stage, params), loss(plain, params), rtol=1e-6)
-    # A bias right before a GroupNorm has a zero gradient: both sides give rounding noise there, hence atol.
-    largest = max(float(jnp.abs(want).max()) for want in jax.tree.leaves(expected))
-    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
+    params = UNet(**kwargs).init(jax.random.key(1), x, noise_level, train=False)
+    perturbed = _perturbed(params, 0.05)
+    value, grads = jax.jit(jax.value_and_grad(functools.partial(loss, UNet(**kwargs))))(perturbed)
+    return types.SimpleNamespace(kwargs=kwargs, x=x, noise_level=noise_level, loss=loss, params=params,
+                                 perturbed=perturbed, value=value, grads=grads)
+
+
+def same_unet_as_plain(plain_unet, option: str, value_rtol: float):
+    """UNet(option=True) has the plain UNet's parameter tree and initial values (checkpoints load either way), its
+    loss, and its gradients. A bias right before a GroupNorm has a zero gradient, where both give rounding noise:
+    hence the atol relative to the largest gradient."""
+    net = UNet(**plain_unet.kwargs, **{option: True})
+    chex.assert_trees_all_equal(net.init(jax.random.key(1), plain_unet.x, plain_unet.noise_level, train=False),
+                                plain_unet.params)
+    value, grads = jax.jit(jax.value_and_grad(functools.partial(plain_unet.loss, net)))(plain_unet.perturbed)
+    np.testing.assert_allclose(value, plain_unet.value, rtol=value_rtol)
+    largest = max(float(jnp.abs(want).max()) for want in jax.tree.leaves(plain_unet.grads))
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(plain_unet.grads)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * largest)
+
+
+def test_unet_two_stage_bias_grads_keeps_parameters_and_gradients(plain_unet):
+    """The option changes how gradients are computed (bias sums in two stages, GroupNorm's backward in closed form),
+    nothing else."""
+    same_unet_as_plain(plain_unet, "two_stage_bias_grads", value_rtol=1e-6)
+
+
+
+def matmul_conv3x3_matches_flax_conv(in_channels, features, variant):
+    """Same parameter tree and initial values as nn.Conv's 3x3 'same' convolution; the same outputs and gradients
+    (parameters and input) on a non-square input."""
+    x = jax.random.normal(jax.random.key(0), (2, 5, 7, in_channels))
+    ours, flax_conv = MatmulConv3x3(features), nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)))
+    params = ours.init(jax.random.key(1), x)
+    chex.assert_trees_all_equal(params, flax_conv.init(jax.random.key(1), x))
+    params = _perturbed(params)
+    loss = lambda module, p, x: jnp.sum(jnp.sin(module.apply(p, x)))  # noqa: E731
+    got = variant(jax.value_and_grad(functools.partial(loss, ours), argnums=(0, 1)))(params, x)
+    expected = jax.jit(jax.value_and_grad(functools.partial(loss, flax_conv), argnums=(0, 1)))(params, x)
+    chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+class TestMatmulConv3x3(chex.TestCase):
+    """Both formulations (stacked shifted inputs for C_in <= C_out, summed shifted products otherwise), under jit
+    and without."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_few_input_channels(self):
+        matmul_conv3x3_matches_flax_conv(3, 8, self.variant)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_few_output_channels(self):
+        matmul_conv3x3_matches_flax_conv(8, 3, self.variant)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_as_many_channels_out_as_in(self):
+        matmul_conv3x3_matches_flax_conv(4, 4, self.variant)
+
+
+def test_unet_stem_head_as_matmuls_keeps_parameters_and_gradients(plain_unet):
+    """The option computes the stem and head as matrix products, nothing else."""
+    same_unet_as_plain(plain_unet, "stem_head_as_matmuls", value_rtol=1e-5)
