@@ -225,7 +225,6 @@ def test_unet_two_stage_bias_grads_keeps_parameters_and_gradients(plain_unet):
     same_unet_as_plain(plain_unet, "two_stage_bias_grads", value_rtol=1e-6)
 
 
-
 def matmul_conv3x3_matches_flax_conv(in_channels, features, variant):
     """Same parameter tree and initial values as nn.Conv's 3x3 'same' convolution; the same outputs and gradients
     (parameters and input) on a non-square input."""
