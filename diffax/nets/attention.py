@@ -4,9 +4,6 @@
 never stores the (T, S) attention matrix; None picks cuDNN where it applies (`choose_implementation`) and XLA
 elsewhere (JAX's own None means XLA). Both compute the softmax in float32 for bf16 inputs, as EDM's AttentionOp
 does by hand.
-
-`head_dim_multiple` zero-pads q, k and v along head_dim before the kernel (`attend`), for head sizes a kernel runs
-badly (DiT-XL/2's 72); off unless a recipe turns it on, figures in benchmarks/NOTES.md.
 """
 
 from __future__ import annotations
@@ -90,23 +87,6 @@ def choose_implementation(implementation: AttentionImplementation, q: jax.Array,
     return "xla" if refusal else "cudnn"
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, implementation: AttentionImplementation = None,
-           head_dim_multiple: int | None = None) -> jax.Array:
-    """softmax(q k^T / sqrt(d)) v per head: q (B, T, heads, d), k and v (B, S, heads, d) -> (B, T, heads, d).
-
-    head_dim_multiple: zero-pad d up to a multiple of it first and slice the output back. Exact: zero columns add
-    nothing to q k^T, the scale stays 1/sqrt(d), and the padded output columns (weights times zero columns of v)
-    are the ones sliced off.
-    """
-    head_dim = q.shape[-1]
-    padding = -head_dim % head_dim_multiple if head_dim_multiple else 0
-    if padding:
-        q, k, v = (jnp.pad(a, ((0, 0),) * 3 + ((0, padding),)) for a in (q, k, v))
-    out = jax.nn.dot_product_attention(q, k, v, scale=head_dim ** -0.5,
-                                       implementation=choose_implementation(implementation, q, k))
-    return out[..., :head_dim]
-
-
 class Attention(nn.Module):
     """Multi-head scaled dot-product attention (Vaswani et al. 2017), 1/sqrt(head_dim) scaling.
 
@@ -119,13 +99,11 @@ class Attention(nn.Module):
     Attributes:
       num_heads: heads; the width of x must be divisible by it.
       zero_output: zero-initialize the output projection (residual branches start as the identity).
-      implementation, head_dim_multiple: see `attend`.
     """
 
     num_heads: int = 1
     zero_output: bool = True
     implementation: AttentionImplementation = None
-    head_dim_multiple: int | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -146,7 +124,7 @@ class Attention(nn.Module):
             k, v = (fused(name=name)(context) for name in "kv")
         # (B, T, heads, head_dim), named for remat's "dense" policy
         q, k, v = (checkpoint_name(a, DENSE).reshape(*a.shape[:2], self.num_heads, -1) for a in (q, k, v))
-        out = attend(q, k, v, self.implementation, self.head_dim_multiple)
+        out = jax.nn.dot_product_attention(q, k, v, implementation=choose_implementation(self.implementation, q, k))
         out_init = zero_init if self.zero_output else xavier_init
         return checkpoint_name(dense(kernel_init=out_init, name="out")(out.reshape(batch, length, features)), DENSE)
 

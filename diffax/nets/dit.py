@@ -46,7 +46,6 @@ class DiTBlock(nn.Module):
     num_heads: int
     mlp_ratio: float = 4.0
     attention_implementation: AttentionImplementation = None
-    attention_head_dim_multiple: int | None = None
     norm_implementation: NormImplementation = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -56,7 +55,7 @@ class DiTBlock(nn.Module):
         width = x.shape[-1]
         precision = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         attention = functools.partial(Attention, self.num_heads, implementation=self.attention_implementation,
-                                      head_dim_multiple=self.attention_head_dim_multiple, **precision)
+                                      **precision)
         dense = functools.partial(nn.Dense, kernel_init=xavier_init, **precision)
         modulation = nn.Dense(6 * width, kernel_init=zero_init, param_dtype=self.param_dtype, name="modulation")(c)
         shift_1, scale_1, gate_1, shift_2, scale_2, gate_2 = jnp.split(modulation, 6, axis=-1)
@@ -91,8 +90,6 @@ class DiT(nn.Module):
       remat: False, 'full' (or True), or what to keep, e.g. 'dots' or 'dense+attention+norms' (see
         `maybe_remat`; the named outputs are the dense layers' (bias added) and the adaLN outputs).
       attention_implementation: 'xla', 'cudnn' or None (cuDNN where it applies; see diffax.nets.attention).
-      attention_head_dim_multiple: zero-pad the heads to a multiple of this in the attention kernel (exact; see
-        `diffax.nets.attention.attend`); None = no padding.
       norm_implementation: adaLN as 'xla' (XLA's fusions of the formulas) or 'pallas' (one Pallas kernel each way,
         `diffax.kernels.adaln`; a recipe opts in where it measures faster).
       dtype, param_dtype: compute and parameter dtypes.
@@ -113,7 +110,6 @@ class DiT(nn.Module):
     out_channels: int | None = None
     remat: bool | str = False
     attention_implementation: AttentionImplementation = None
-    attention_head_dim_multiple: int | None = None
     norm_implementation: NormImplementation = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -155,8 +151,7 @@ class DiT(nn.Module):
         block_cls = maybe_remat(DiTBlock, self.remat)
         for index in range(self.depth):
             tokens = block_cls(self.num_heads, self.mlp_ratio, self.attention_implementation,
-                               self.attention_head_dim_multiple, self.norm_implementation, name=f"block{index}",
-                               **precision)(tokens, c, context)
+                               self.norm_implementation, name=f"block{index}", **precision)(tokens, c, context)
 
         modulation = nn.Dense(2 * self.hidden_size, kernel_init=zero_init, param_dtype=self.param_dtype,
                               name="head_modulation")(c)

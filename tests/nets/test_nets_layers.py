@@ -52,19 +52,6 @@ def test_self_attention_matches_reference():
     np.testing.assert_allclose(out, reference_attention(x, x, params, 2), rtol=1e-4, atol=1e-5)
 
 
-def test_head_dim_padding_keeps_outputs_and_gradients():
-    """Heads of 4 zero-padded to 6 (not a power of two, so a wrong scale 1/sqrt(6) would show)."""
-    x = jax.random.normal(jax.random.key(0), (2, 5, 16))
-    context = jax.random.normal(jax.random.key(1), (2, 7, 12))
-    plain, padded = (Attention(num_heads=4, zero_output=False, head_dim_multiple=m) for m in (None, 6))
-    params = jax.jit(plain.init)(jax.random.key(2), x, context)["params"]
-    out = jax.jit(padded.apply)({"params": params}, x, context)
-    np.testing.assert_allclose(out, reference_attention(x, context, params, 4), rtol=1e-4, atol=1e-5)
-    grads = [jax.jit(jax.grad(lambda p, m=m: jnp.sum(m.apply({"params": p}, x, context) ** 2)))(params)
-             for m in (plain, padded)]
-    chex.assert_trees_all_close(*grads, rtol=1e-5, atol=1e-6)
-
-
 def test_split_xavier_init_is_a_block_of_the_fused_xavier_matrix():
     kernel = split_xavier_init(3)(jax.random.key(0), (256, 64))
     fused_bound = np.sqrt(6.0 / (256 + 3 * 64))  # Xavier-uniform over the (256, 192) fused matrix.
