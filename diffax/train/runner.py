@@ -77,8 +77,14 @@ def _with_copy(params: Any, copy: Copy) -> Any:
 
 class FlatLayout:
     """The flat held form of a train state (train.flat_state): params -> one (P,) float32 vector (the leaves of the
-    parameter tree raveled and concatenated in tree order), each EMA likewise, and in the optimizer state each
-    subtree shaped like the parameters (AdamW's moments) likewise; step, key and scalars unchanged."""
+    parameter tree raveled and concatenated: the 1-D leaves, biases and norm scales, first, then the others, each
+    group in tree order), each EMA likewise, and in the optimizer state each subtree shaped like the parameters
+    (AdamW's moments) likewise; step, key and scalars unchanged.
+
+    `tree` slices the 1-D leaves out of a copy of their block, made behind an optimization barrier. Why (a hypothesis
+    from XLA's source, not yet measured): XLA's GPU fusion cost model prices a slice fused into a reader as reading
+    the whole operand, so a small slice of the whole vector that a reader broadcasts stays a kernel of its own, a
+    copy; a slice of the small block should fuse (benchmarks/NOTES.md, session 9)."""
 
     def __init__(self, abstract: TrainState):
         leaves = jax.tree.leaves(abstract.params)
@@ -88,7 +94,11 @@ class FlatLayout:
             raise ValueError("config.train.flat_state = True needs a replicated train state: set config.mesh.fsdp = 1")
         self._treedef = jax.tree.structure(abstract.params)
         self._shapes = [leaf.shape for leaf in leaves]
-        self._splits = np.cumsum([leaf.size for leaf in leaves])[:-1].tolist()
+        small = [i for i, leaf in enumerate(leaves) if leaf.ndim <= 1]
+        large = [i for i, leaf in enumerate(leaves) if leaf.ndim > 1]
+        self._order = small + large
+        self._small_size = sum(leaves[i].size for i in small)
+        self._splits = [np.cumsum([leaves[i].size for i in group])[:-1].tolist() for group in (small, large)]
         self._abstract_opt_state = abstract.opt_state
 
     def _is_params(self, node: Any) -> bool:
@@ -98,12 +108,17 @@ class FlatLayout:
         """A parameter-shaped tree -> its (P,) vector, written once: behind an optimization barrier, where XLA would
         otherwise fuse the concatenate of every leaf into each reader (the gradient norm, AdamW), which is slow
         (benchmarks/NOTES.md, "The flat gradient written once")."""
-        return jax.lax.optimization_barrier(jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(tree)]))
+        leaves = jax.tree.leaves(tree)
+        return jax.lax.optimization_barrier(jnp.concatenate([jnp.ravel(leaves[i]) for i in self._order]))
 
     def tree(self, vector: jax.Array) -> Any:
-        """A (P,) vector -> the parameter-shaped tree (slices of it)."""
-        parts = jnp.split(vector, self._splits)
-        return jax.tree.unflatten(self._treedef, [part.reshape(shape) for part, shape in zip(parts, self._shapes)])
+        """A (P,) vector -> the parameter-shaped tree (slices of it; the 1-D leaves of a copy of their block)."""
+        blocks = (jax.lax.optimization_barrier(vector[:self._small_size]), vector[self._small_size:])
+        parts = [part for block, splits in zip(blocks, self._splits) if block.size for part in jnp.split(block, splits)]
+        leaves = [None] * len(self._shapes)
+        for i, part in zip(self._order, parts):
+            leaves[i] = part.reshape(self._shapes[i])
+        return jax.tree.unflatten(self._treedef, leaves)
 
     def to_held(self, state: TrainState) -> TrainState:
         opt_state = jax.tree.map(lambda node: self.held(node) if self._is_params(node) else node, state.opt_state,
