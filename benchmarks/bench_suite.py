@@ -25,12 +25,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DDPM = ["configs/cifar10_ddpm.py", "--config.model.compute_dtype=bfloat16", "--config.sample.method=ddim",
         "--config.sample.grid=trailing", "--config.bench.sample_steps=50"]
 # DiT-XL/2 opts in to the Pallas adaLN kernels, which measured faster than XLA's adaLN here (benchmarks/NOTES.md).
-# The kwargs are given whole, replacing imagenet64's UNet kwargs. Without remat the step at batch 256 peaks at 83 GiB,
-# sized for an H200 (141 GB); on an 80-GB card add --extra=--config.model.kwargs.remat=dense+attention+norms.
+# The kwargs are given whole, replacing imagenet64's UNet kwargs. Without remat the step at batch 256 peaks at 83 GiB
+# (an H200 has 141 GB); on a card of less than DIT_NO_REMAT_GIB the suite keeps 'dense+attention+norms' (64 GiB).
 DIT = ["configs/imagenet64.py", "--config.model.name=dit_xl_2",
        "--config.model.kwargs={'out_channels': 4, 'remat': 'none', 'norm_implementation': 'pallas'}",
        "--config.train.cast_params=True", "--config.bench.example_shape=32,32,4", "--config.sample.method=ddim",
        "--config.sample.guidance_scale=1.0", "--config.bench.sample_steps=50"]
+DIT_NO_REMAT_GIB = 100
+DIT_REMAT = "--config.model.kwargs.remat=dense+attention+norms"
 # name: (config and overrides, per-device train batch, sample batch)
 CASES = {
     "ddpm_b128": (DDPM, 128, 1024),
@@ -46,6 +48,25 @@ COLUMNS = [("case", "{}"), ("mode", "{}"), ("devices", "{}"), ("device_kind", "{
            ("output_relative_error", "{:.1e}")]
 
 
+def gpu_memory_gib() -> float | None:
+    """The first GPU's memory as nvidia-smi reports it (JAX would take the card in this process); None without one."""
+    try:
+        completed = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                                   capture_output=True, text=True, check=True, timeout=60)
+        return int(completed.stdout.split()[0]) / 1024
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def memory_overrides(name: str) -> list[str]:
+    """Flags a case needs to fit the local GPU: DiT-XL/2 keeps remat on cards under DIT_NO_REMAT_GIB."""
+    memory = gpu_memory_gib() if name == "dit_xl_2" else None
+    if memory is not None and memory < DIT_NO_REMAT_GIB:
+        print(f"{name}: {memory:.0f} GiB GPU, under {DIT_NO_REMAT_GIB}: {DIT_REMAT}", flush=True)
+        return [DIT_REMAT]
+    return []
+
+
 def run_case(name: str, devices: int, out: str, fsdp: bool, extra: list[str]) -> dict:
     config, batch, sample_batch = CASES[name]
     mode = "fsdp" if fsdp else "data"
@@ -54,7 +75,8 @@ def run_case(name: str, devices: int, out: str, fsdp: bool, extra: list[str]) ->
     command = [sys.executable, os.path.join(ROOT, "launch.py"), f"--config={config[0]}", f"--workdir={workdir}",
                "--mode=bench", *config[1:], f"--config.bench.batch_size={batch * devices}",
                f"--config.sample.batch_size={sample_batch * devices}", f"--config.mesh.num_devices={devices}",
-               f"--config.mesh.fsdp={devices if fsdp else 1}", "--config.bench.steps=20", *extra]
+               f"--config.mesh.fsdp={devices if fsdp else 1}", "--config.bench.steps=20", *memory_overrides(name),
+               *extra]
     print(" ".join(command[1:]), flush=True)
     # DiT-XL/2 at batch 256 peaks at 64 GiB with remat: more than JAX's default 75% of an 80 GB card.
     env = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.95", **os.environ}
