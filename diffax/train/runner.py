@@ -83,8 +83,8 @@ class FlatLayout:
 
     `tree` slices the 1-D leaves out of a copy of their block, made behind an optimization barrier: XLA's GPU fusion
     cost model (as read in its source) prices a slice fused into a reader as reading the whole operand, so a small
-    slice of the whole vector stays a kernel of its own, a copy. With the small block the DDPM step at batch 128
-    ran 30 fewer kernels and 0.4% faster on an H200 (benchmarks/NOTES.md, session 10)."""
+    slice of the whole vector stays a kernel of its own, a copy; slices of the small block are fused more often
+    (benchmarks/NOTES.md, session 10, has the measurement)."""
 
     def __init__(self, abstract: TrainState):
         leaves = jax.tree.leaves(abstract.params)
