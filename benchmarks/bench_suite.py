@@ -9,7 +9,8 @@
 Each case is one process (its own compilation and memory peak); with --devices N the per-device batch stays fixed
 and the global batch is N times the case's; --fsdp shards parameters and optimizer state over the N devices.
 Results land in OUT/NAME_Ndev[_fsdp].json; the table goes to stdout and OUT/table.md. Its weak-scaling efficiency
-is examples/s on N devices over N times examples/s on one device of the same case.
+is examples/s on N devices over N times examples/s on one device of the same case. The exit status is 1 if any
+case failed.
 """
 
 from __future__ import annotations
@@ -143,8 +144,10 @@ def main():
         parser.error("--out is required")
     os.makedirs(args.out, exist_ok=True)
     extra = args.extra + (["--config.bench.train_only=True"] if args.train_only else [])
-    write_table([run_case(name, int(devices), args.out, args.fsdp, extra)
-                 for name in args.cases.split(",") for devices in args.devices.split(",")], args.out)
+    rows = [run_case(name, int(devices), args.out, args.fsdp, extra)
+            for name in args.cases.split(",") for devices in args.devices.split(",")]
+    write_table(rows, args.out)
+    sys.exit(1 if any("error" in row for row in rows) else 0)
 
 
 if __name__ == "__main__":
