@@ -20,7 +20,8 @@ def get_config(variant: str = ""):
     # Bias gradients summed per example, then over the batch (XLA runs the one-stage sums at 4x4 on 2 thread blocks),
     # GroupNorm's backward in closed form (diffax.nets.layers, norm_grads; NOTES, sessions 7-8).
     config.model.kwargs.two_stage_bias_grads = True
-    config.model.kwargs.paired_dropout = True  # Two 16-bit dropout decisions per random draw (diffax.nets.dropout).
+    config.model.kwargs.hashed_dropout = True  # Keep decisions hashed from element indices (diffax.nets.dropout).
+    config.model.kwargs.compute_dtype_norms = True  # GroupNorm outputs in the compute dtype (diffax.nets.layers).
     config.model.kwargs.stem_head_as_matmuls = True  # 3x3 convolutions from / to 3 channels (layers.MatmulConv3x3).
     config.diffusion.schedule = "vp_discrete"
     config.diffusion.schedule_kwargs.update(num_steps=1000, beta_start=1e-4, beta_end=0.02)

@@ -140,6 +140,7 @@ class SpatialAttention(nn.Module):
       skip_scale: 1 (DDPM, ADM) or 1/sqrt(2) (DDPM++ / NCSN++).
       norm_groups: GroupNorm groups; None for `layers.num_groups(channels)`.
       two_stage_bias_grads: the GroupNorm's backward in closed form (see `diffax.nets.norm_grads`).
+      compute_dtype_norms: the GroupNorm's output in `dtype` rather than float32 (see `diffax.nets.layers`).
     """
 
     head_channels: int | None = None
@@ -150,6 +151,7 @@ class SpatialAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
     norm_groups: int | None = None
     two_stage_bias_grads: bool = False
+    compute_dtype_norms: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
@@ -159,7 +161,8 @@ class SpatialAttention(nn.Module):
 
         def attend(x: jax.Array, context: jax.Array | None) -> jax.Array:
             tokens = group_norm(channels, self.norm_eps, self.param_dtype, groups=self.norm_groups,
-                                two_stage_bias_grads=self.two_stage_bias_grads)(x)
+                                two_stage_bias_grads=self.two_stage_bias_grads,
+                                dtype=self.dtype if self.compute_dtype_norms else jnp.float32)(x)
             tokens = tokens.reshape(batch, height * width, channels)
             attention = Attention(num_heads, implementation=self.implementation, dtype=self.dtype,
                                   param_dtype=self.param_dtype)

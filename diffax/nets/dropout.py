@@ -1,29 +1,63 @@
-"""Dropout with 16-bit keep decisions, two from each 32-bit random draw (a speed option, off unless a recipe asks).
+"""Dropout whose keep decisions come from a hash of each element's index (a speed option, off unless a recipe asks).
 
-    u = 16 bits of a draw,  keep = u >= round(rate * 2^16),  y = where(keep, x / P(keep), 0)
-    P(keep) = 1 - round(rate * 2^16) / 2^16                      (exact, so E[y] = x)
+    bits = mix(mix(i ^ k0) ^ k1)     i: the element's row-major index, (k0, k1): two words drawn from the key
+    keep = bits >= t,  t = round(rate * 2^32),  y = where(keep, x / P(keep), 0),  P(keep) = 1 - t / 2^32
 
-Why not `nn.Dropout`: it draws 32 random bits for every element, and with JAX's partitionable threefry each 32-bit
-draw is one threefry2x32 hash (20 rounds of integer work) whose two words are XOR-ed together. A UNet with dropout
-in every ResBlock hashes once per activation of those blocks, and on a GPU the hashing is a visible part of a short
-step (benchmarks/NOTES.md, "Closed-form GroupNorm gradients and paired dropout masks"). Here each hash decides two
-channels: channel c takes the low 16 bits of draw c and channel c + ceil(C / 2) the high 16 bits. The rate is
-rounded to a multiple of 2^-16 (0.1 -> 0.100006); `nn.Dropout` compares a float32 uniform, whose resolution is
-2^-23. Draws are indexed by element, as `jax.random.bits`, so a sharded batch gives the same mask as an unsharded
-one.
+mix is lowbias32 (C. Wellons, hash-prospector): x ^= x >> 16; x *= 0x7feb352d; x ^= x >> 15; x *= 0x846ca68b;
+x ^= x >> 16, a bijection of 32-bit words with near-ideal avalanche. The key (drawn with `jax.random`, threefry)
+enters before each of the two rounds, so two keys give unrelated masks, not shifted copies of one; for one key,
+distinct elements get distinct words. P(keep) is exact, so E[y] = x; the rate is resolved to 2^-32.
+
+Why not `nn.Dropout`: it draws 32 bits an element with JAX's threefry (20 rounds of integer work a draw). XLA's GPU
+backend computes those in kernels of their own and writes the bits out, which the forward and the backward pass
+then read: in the DDPM CIFAR-10 UNet at batch 128, 364 MB of uint32 a step (benchmarks/NOTES.md, session 10). The
+hash is cheap enough that XLA fuses it into the kernels that apply the mask, forward and backward, and no bits are
+written. It is not a cryptographic generator: the tests check the keep rate, the mean, and that neighbouring
+elements, channels, examples and successive keys give uncorrelated decisions. The index comes from iotas, which
+XLA's SPMD partitioner offsets per shard, so a sharded batch gets the unsharded mask with no collective.
 """
 
 from __future__ import annotations
+
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-LEVELS = 1 << 16
+MIX_MULTIPLIERS = (0x7FEB352D, 0x846CA68B)
 
 
-class PairedDropout(nn.Module):
-    """Inverted dropout over x (..., C), the 'dropout' rng; the identity when `deterministic` or rate 0."""
+def mix32(x: jax.Array) -> jax.Array:
+    """lowbias32 of uint32 words, elementwise."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(MIX_MULTIPLIERS[0])
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(MIX_MULTIPLIERS[1])
+    return x ^ (x >> 16)
+
+
+def hashed_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """32 random bits per element of `shape` (uint32): mix(mix(i ^ k0) ^ k1), i the element's row-major index."""
+    if math.prod(shape) > 1 << 32:
+        raise ValueError(f"hashed dropout bits for shape {shape}: more than 2^32 elements to index")
+    k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
+    index, stride = jnp.zeros(shape, jnp.uint32), 1
+    for axis in reversed(range(len(shape))):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+        stride *= shape[axis]
+    return mix32(mix32(index ^ k0) ^ k1)
+
+
+def keep_threshold(rate: float) -> int:
+    """t = round(rate * 2^32): an element is kept where its bits >= t."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate {rate}: expected 0 <= rate < 1")
+    return min(round(rate * (1 << 32)), (1 << 32) - 1)
+
+
+class HashedDropout(nn.Module):
+    """Inverted dropout over x, from the 'dropout' rng; the identity when `deterministic` or rate 0."""
 
     rate: float
     deterministic: bool = False
@@ -31,14 +65,10 @@ class PairedDropout(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x (..., C) -> (..., C) in x's dtype."""
-        if not 0.0 <= self.rate < 1.0:
-            raise ValueError(f"dropout rate {self.rate}: expected 0 <= rate < 1")
-        threshold = round(self.rate * LEVELS)
+        """x (any shape) -> the same shape, in x's dtype."""
+        threshold = keep_threshold(self.rate)
         if self.deterministic or threshold == 0:
             return x
-        channels = x.shape[-1]
-        draws = jax.random.bits(self.make_rng(self.rng_collection), (*x.shape[:-1], (channels + 1) // 2), jnp.uint32)
-        decisions = jnp.concatenate([draws & (LEVELS - 1), draws >> 16], axis=-1)[..., :channels]
-        keep_probability = 1.0 - threshold / LEVELS
-        return jnp.where(decisions >= threshold, x / jnp.asarray(keep_probability, x.dtype), jnp.zeros_like(x))
+        keep = hashed_bits(self.make_rng(self.rng_collection), x.shape) >= jnp.uint32(threshold)
+        scale = 1.0 / (1.0 - threshold / (1 << 32))
+        return jnp.where(keep, (x.astype(jnp.float32) * scale).astype(x.dtype), jnp.zeros_like(x))

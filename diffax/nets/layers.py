@@ -4,6 +4,11 @@ Precision (shared by every network). Layers take `dtype` (compute, e.g. bfloat16
 float32) separately. Convolutions, matmuls and the residual stream run in `dtype`; normalization outputs (and the
 elementwise work after them, which XLA fuses into the next matmul's input cast) and the per-example conditioning
 vectors are float32: that costs little and lowers the bf16-vs-float32 error; what remains is bf16's 8-bit mantissa.
+`compute_dtype_norms` (a speed option, off unless a recipe turns it on) puts the GroupNorms' outputs and that
+conditioning in `dtype` too, with the statistics still float32, as a norm with `dtype=bfloat16` in Flax does. The
+forward pass costs the same either way, but in the backward pass the gradients reaching each norm are arrays of the
+feature map's size that XLA writes out and reads twice (for the norm's sums and its input gradient): float32 there
+doubles the bytes (benchmarks/NOTES.md, session 12).
 
 Images are NHWC. Initialization follows DDPM / EDM: Xavier-uniform weights, and zero for the last layer of every
 residual branch, so each block starts as the identity.
@@ -29,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffax.nets import norm_grads
-from diffax.nets.dropout import PairedDropout
+from diffax.nets.dropout import HashedDropout
 
 Dtype = Any
 Resample = Literal["none", "up", "down"]
@@ -132,13 +137,15 @@ def _refuse_own_bias(module: nn.Module) -> None:
 
 
 def group_norm(channels: int, eps: float, param_dtype: Dtype = jnp.float32, name: str | None = None,
-               groups: int | None = None, two_stage_bias_grads: bool = False) -> nn.Module:
-    """GroupNorm (Wu & He 2018) with a float32 output (see the module docstring): `groups` groups (LDM's autoencoder
-    fixes 32), or `num_groups(channels)` where None; `norm_grads.GroupNorm` where `two_stage_bias_grads`."""
+               groups: int | None = None, two_stage_bias_grads: bool = False,
+               dtype: Dtype = jnp.float32) -> nn.Module:
+    """GroupNorm (Wu & He 2018) with a `dtype` output, float32 unless a speed option asks (see the module docstring):
+    `groups` groups (LDM's autoencoder fixes 32), or `num_groups(channels)` where None; `norm_grads.GroupNorm` where
+    `two_stage_bias_grads`."""
     if groups is not None and channels % groups:
         raise ValueError(f"GroupNorm over {channels} channels: {groups} groups do not divide them")
     norm_cls = norm_grads.GroupNorm if two_stage_bias_grads else nn.GroupNorm
-    return norm_cls(num_groups=groups or num_groups(channels), epsilon=eps, dtype=jnp.float32,
+    return norm_cls(num_groups=groups or num_groups(channels), epsilon=eps, dtype=dtype,
                     param_dtype=param_dtype, name=name)
 
 
@@ -292,7 +299,10 @@ class ResBlock(nn.Module):
       skip_scale: 1 (DDPM, ADM) or 1/sqrt(2) (DDPM++).
       two_stage_bias_grads: the convolutions' bias gradients in two stages and the norms' backward in closed form
         (see the module docstring).
-      paired_dropout: `diffax.nets.dropout.PairedDropout` (two 16-bit decisions per random draw) for nn.Dropout.
+      hashed_dropout: `diffax.nets.dropout.HashedDropout` (keep decisions from a hash of each element's index) for
+        nn.Dropout.
+      compute_dtype_norms: the GroupNorms' outputs, and the conditioning added before the second, in `dtype`
+        rather than float32 (see the module docstring).
     """
 
     out_channels: int
@@ -304,7 +314,8 @@ class ResBlock(nn.Module):
     skip_scale: float = 1.0
     norm_eps: float = 1e-6
     two_stage_bias_grads: bool = False
-    paired_dropout: bool = False
+    hashed_dropout: bool = False
+    compute_dtype_norms: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -314,17 +325,20 @@ class ResBlock(nn.Module):
         conv = functools.partial(Conv if self.two_stage_bias_grads else nn.Conv, self.out_channels,
                                  kernel_init=xavier_init, dtype=self.dtype, param_dtype=self.param_dtype)
         norm = functools.partial(group_norm, eps=self.norm_eps, param_dtype=self.param_dtype,
-                                 two_stage_bias_grads=self.two_stage_bias_grads)
+                                 two_stage_bias_grads=self.two_stage_bias_grads,
+                                 dtype=self.dtype if self.compute_dtype_norms else jnp.float32)
         h = nn.silu(norm(x.shape[-1])(x))
         h = conv((3, 3), padding=((1, 1), (1, 1)))(resample_2d(h, self.resample, self.resample_filter))
         cond = nn.Dense(self.out_channels * (2 if self.scale_shift else 1), kernel_init=xavier_init,
                         param_dtype=self.param_dtype)(emb)[:, None, None, :]  # float32
+        if self.compute_dtype_norms:
+            cond = cond.astype(self.dtype)
         if self.scale_shift:
             scale, shift = jnp.split(cond, 2, axis=-1)
             h = norm(self.out_channels)(h) * (1 + scale) + shift
         else:
             h = norm(self.out_channels)(h + cond)
-        dropout_cls = PairedDropout if self.paired_dropout else nn.Dropout
+        dropout_cls = HashedDropout if self.hashed_dropout else nn.Dropout
         h = dropout_cls(self.dropout, deterministic=not train)(nn.silu(h))
         h = conv((3, 3), padding=((1, 1), (1, 1)), kernel_init=zero_init)(h)
         skip = resample_2d(x, self.resample, self.resample_filter)

@@ -84,7 +84,8 @@ def _backward(groups, eps, dtype, residuals, dy):
     a, c = (_grouped(s * scale32, groups).sum(axis=-1) / count for s in (s1, s2))  # the docstring's a / n, c / n
     dx = _grouped(dy * scale32, groups) - _per_channel(a, x.ndim) - _grouped(xhat, groups) * _per_channel(c, x.ndim)
     dx = (dx * _per_channel(rstd, x.ndim)).reshape(x.shape)
-    return dx.astype(x.dtype), s2.sum(axis=0).astype(scale.dtype), s1.sum(axis=0).astype(bias.dtype)
+    dbias, dscale = jnp.stack([s1, s2]).sum(axis=1)  # one reduction over the batch for both
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
 
 
 group_normalize.defvjp(_forward, _backward)

@@ -74,8 +74,10 @@ class UNet(nn.Module):
       two_stage_bias_grads: reduce the ResBlock convolutions' bias gradients over each example's pixels, then over
         the batch, and give the GroupNorms a closed-form backward that sums the same way (a speed option for small
         feature maps; see diffax.nets.layers and diffax.nets.norm_grads).
-      paired_dropout: the ResBlocks' dropout masks from 16-bit decisions, two per random draw (a speed option; see
-        diffax.nets.dropout).
+      hashed_dropout: the ResBlocks' dropout decisions from a hash of each element's index, fused where they are
+        applied (a speed option; see diffax.nets.dropout).
+      compute_dtype_norms: every GroupNorm's output (and the conditioning added before a ResBlock's second norm) in
+        `dtype` rather than float32, statistics still in float32 (a speed option; see diffax.nets.layers).
       stem_head_as_matmuls: the stem and head convolutions as matrix products, same parameters (a speed option for
         few image channels; see diffax.nets.layers.MatmulConv3x3).
       dtype, param_dtype: compute and parameter dtypes.
@@ -105,7 +107,8 @@ class UNet(nn.Module):
     remat: bool | str = False
     attention_implementation: AttentionImplementation = None
     two_stage_bias_grads: bool = False
-    paired_dropout: bool = False
+    hashed_dropout: bool = False
+    compute_dtype_norms: bool = False
     stem_head_as_matmuls: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -137,12 +140,14 @@ class UNet(nn.Module):
                                   skip_projection=self.skip_projection, scale_shift=self.scale_shift,
                                   dropout=self.dropout, skip_scale=self.skip_scale, norm_eps=self.norm_eps,
                                   two_stage_bias_grads=self.two_stage_bias_grads,
-                                  paired_dropout=self.paired_dropout, name=name, **precision)
+                                  hashed_dropout=self.hashed_dropout, compute_dtype_norms=self.compute_dtype_norms,
+                                  name=name, **precision)
             return block(h, emb, train)
 
         def attention(h: jax.Array, name: str) -> jax.Array:
             return attention_cls(self.head_channels, self.skip_scale, self.norm_eps, self.attention_implementation,
-                                 two_stage_bias_grads=self.two_stage_bias_grads, name=name, **precision)(h, context)
+                                 two_stage_bias_grads=self.two_stage_bias_grads,
+                                 compute_dtype_norms=self.compute_dtype_norms, name=name, **precision)(h, context)
 
         def resample(h: jax.Array, direction: str, name: str) -> jax.Array:
             if self.resample == "resblock":
@@ -183,7 +188,8 @@ class UNet(nn.Module):
                     h = attention(h, f"dec{level}_attn{index}")
 
         h = nn.silu(group_norm(h.shape[-1], self.norm_eps, self.param_dtype, name="head_norm",
-                               two_stage_bias_grads=self.two_stage_bias_grads)(h))
+                               two_stage_bias_grads=self.two_stage_bias_grads,
+                               dtype=self.dtype if self.compute_dtype_norms else jnp.float32)(h))
         h = conv3x3(self.out_channels or x.shape[-1], zero_init, "head")(h)
         return h[:, :height, :width].astype(x.dtype)
 

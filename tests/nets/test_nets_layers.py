@@ -259,3 +259,29 @@ class TestMatmulConv3x3(chex.TestCase):
 def test_unet_stem_head_as_matmuls_keeps_parameters_and_gradients(plain_unet):
     """The option computes the stem and head as matrix products, nothing else."""
     same_unet_as_plain(plain_unet, "stem_head_as_matmuls", value_rtol=1e-5)
+
+
+def test_unet_compute_dtype_norms_is_a_no_op_in_float32(plain_unet):
+    same_unet_as_plain(plain_unet, "compute_dtype_norms", value_rtol=1e-6)
+
+
+@pytest.mark.parametrize("two_stage_bias_grads", [False, True])
+def test_unet_compute_dtype_norms_gives_bf16_norm_outputs_and_bf16_accuracy(plain_unet, two_stage_bias_grads):
+    """In bfloat16 every GroupNorm's output is bfloat16 with the option and float32 without; the network's output
+    stays as close to the float32 network's as without the option (bf16 rounding, nothing worse)."""
+    kwargs = dict(plain_unet.kwargs, dtype=jnp.bfloat16, two_stage_bias_grads=two_stage_bias_grads)
+    is_norm = lambda module, _: "GroupNorm" in type(module).__name__  # noqa: E731
+
+    def run(option: bool):
+        net = UNet(**kwargs, compute_dtype_norms=option)
+        out, state = net.apply(plain_unet.perturbed, plain_unet.x, plain_unet.noise_level, train=False,
+                               capture_intermediates=is_norm, mutable=["intermediates"])
+        norm_dtypes = {leaf.dtype for leaf in jax.tree.leaves(state["intermediates"])}
+        return np.asarray(out, np.float32), norm_dtypes
+
+    reference = np.asarray(UNet(**plain_unet.kwargs).apply(plain_unet.perturbed, plain_unet.x,
+                                                          plain_unet.noise_level, train=False))
+    (with_option, option_dtypes), (without, plain_dtypes) = run(True), run(False)
+    assert option_dtypes == {jnp.dtype(jnp.bfloat16)} and plain_dtypes == {jnp.dtype(jnp.float32)}
+    error = lambda out: np.abs(out - reference).max() / np.abs(reference).max()  # noqa: E731
+    assert error(with_option) < max(2 * error(without), 2**-7)
