@@ -8,7 +8,9 @@ vectors are float32: that costs little and lowers the bf16-vs-float32 error; wha
 conditioning in `dtype` too, with the statistics still float32, as a norm with `dtype=bfloat16` in Flax does. The
 forward pass costs the same either way, but in the backward pass the gradients reaching each norm are arrays of the
 feature map's size that XLA writes out and reads twice (for the norm's sums and its input gradient): float32 there
-doubles the bytes (benchmarks/NOTES.md, session 12).
+doubles the bytes. The convolution's output sits behind an optimization barrier before the conditioning is added:
+with both in bf16, XLA's GPU backend would fold the add into cuDNN's convolution as a side input, writing out the
+conditioning's (B, H, W, C) broadcast for it (benchmarks/NOTES.md, session 12).
 
 Images are NHWC. Initialization follows DDPM / EDM: Xavier-uniform weights, and zero for the last layer of every
 residual branch, so each block starts as the identity.
@@ -331,8 +333,8 @@ class ResBlock(nn.Module):
         h = conv((3, 3), padding=((1, 1), (1, 1)))(resample_2d(h, self.resample, self.resample_filter))
         cond = nn.Dense(self.out_channels * (2 if self.scale_shift else 1), kernel_init=xavier_init,
                         param_dtype=self.param_dtype)(emb)[:, None, None, :]  # float32
-        if self.compute_dtype_norms:
-            cond = cond.astype(self.dtype)
+        if self.compute_dtype_norms:  # h behind a barrier: see the module docstring
+            h, cond = jax.lax.optimization_barrier(h), cond.astype(self.dtype)
         if self.scale_shift:
             scale, shift = jnp.split(cond, 2, axis=-1)
             h = norm(self.out_channels)(h) * (1 + scale) + shift

@@ -8,7 +8,7 @@ and channels of the group:
 
 Backward, from the per-example channel sums s1 = sum_pixels dy and s2 = sum_pixels dy * xhat, both (B, C):
 
-    dbias = sum_b s1,  dscale = sum_b s2
+    dbias = sum_b s1,  dscale = sum_b s2                            (one reduction of the stacked (2, B, C))
     dx = r (dy scale - a / n - xhat c / n),   a = sum_{c' in g} scale s1,  c = sum_{c' in g} scale s2   (B, G)
 
 Why not autodiff: differentiating nn.GroupNorm leaves XLA several reductions of (B, ..., C) per norm (through the
