@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from diffax.nets.layers import DENSE, Dtype, group_norm, split_xavier_init, xavier_init, zero_init
+from diffax.nets.layers import DENSE, Dtype, group_norm, norm_output_dtype, split_xavier_init, xavier_init, zero_init
 
 AttentionImplementation = Literal["xla", "cudnn"] | None
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
@@ -162,7 +162,7 @@ class SpatialAttention(nn.Module):
         def attend(x: jax.Array, context: jax.Array | None) -> jax.Array:
             tokens = group_norm(channels, self.norm_eps, self.param_dtype, groups=self.norm_groups,
                                 two_stage_bias_grads=self.two_stage_bias_grads,
-                                dtype=self.dtype if self.compute_dtype_norms else jnp.float32)(x)
+                                dtype=norm_output_dtype(self.dtype, self.compute_dtype_norms))(x)
             tokens = tokens.reshape(batch, height * width, channels)
             attention = Attention(num_heads, implementation=self.implementation, dtype=self.dtype,
                                   param_dtype=self.param_dtype)

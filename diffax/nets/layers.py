@@ -138,6 +138,11 @@ def _refuse_own_bias(module: nn.Module) -> None:
         raise ValueError(f"{type(module).__name__} adds its bias with add_bias: leave use_bias False")
 
 
+def norm_output_dtype(dtype: Dtype, compute_dtype_norms: bool) -> Dtype:
+    """A GroupNorm's output dtype: the compute `dtype` under `compute_dtype_norms`, else float32 (module docstring)."""
+    return dtype if compute_dtype_norms else jnp.float32
+
+
 def group_norm(channels: int, eps: float, param_dtype: Dtype = jnp.float32, name: str | None = None,
                groups: int | None = None, two_stage_bias_grads: bool = False,
                dtype: Dtype = jnp.float32) -> nn.Module:
@@ -328,7 +333,7 @@ class ResBlock(nn.Module):
                                  kernel_init=xavier_init, dtype=self.dtype, param_dtype=self.param_dtype)
         norm = functools.partial(group_norm, eps=self.norm_eps, param_dtype=self.param_dtype,
                                  two_stage_bias_grads=self.two_stage_bias_grads,
-                                 dtype=self.dtype if self.compute_dtype_norms else jnp.float32)
+                                 dtype=norm_output_dtype(self.dtype, self.compute_dtype_norms))
         h = nn.silu(norm(x.shape[-1])(x))
         h = conv((3, 3), padding=((1, 1), (1, 1)))(resample_2d(h, self.resample, self.resample_filter))
         cond = nn.Dense(self.out_channels * (2 if self.scale_shift else 1), kernel_init=xavier_init,

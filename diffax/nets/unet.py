@@ -39,6 +39,7 @@ from diffax.nets.layers import (
     Upsample,
     group_norm,
     maybe_remat,
+    norm_output_dtype,
     pad_to_multiple,
     xavier_init,
     zero_init,
@@ -189,7 +190,7 @@ class UNet(nn.Module):
 
         h = nn.silu(group_norm(h.shape[-1], self.norm_eps, self.param_dtype, name="head_norm",
                                two_stage_bias_grads=self.two_stage_bias_grads,
-                               dtype=self.dtype if self.compute_dtype_norms else jnp.float32)(h))
+                               dtype=norm_output_dtype(self.dtype, self.compute_dtype_norms))(h))
         h = conv3x3(self.out_channels or x.shape[-1], zero_init, "head")(h)
         return h[:, :height, :width].astype(x.dtype)
 
