@@ -42,10 +42,7 @@ def hashed_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     if math.prod(shape) > 1 << 32:
         raise ValueError(f"hashed dropout bits for shape {shape}: more than 2^32 elements to index")
     k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
-    index, stride = jnp.zeros(shape, jnp.uint32), 1
-    for axis in reversed(range(len(shape))):
-        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
-        stride *= shape[axis]
+    index = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
     return mix32(mix32(index ^ k0) ^ k1)
 
 
