@@ -1,13 +1,16 @@
-"""Profiles a config's train step on synthetic data and prints where the device time goes.
+"""Profiles a config's train step (or its sampler's denoiser) on synthetic data and prints where the device time goes.
 
     python benchmarks/profile_train.py --config configs/cifar10_ddpm.py --out /tmp/prof \
         --config.model.compute_dtype=bfloat16 --config.bench.batch_size=512
+    python benchmarks/profile_train.py --config configs/cifar10_ddpm.py --out /tmp/prof --denoiser \
+        --config.sample.batch_size=1024
 
-Traces `--steps` steps with `jax.profiler` (a Perfetto JSON trace, OUT/.../perfetto_trace.json.gz, which
-ui.perfetto.dev opens), then sums the device events by name per trace row ("XLA Ops", each stream) and prints the
-largest, in ms per step, after each row's count of events, of short ones and of the idle time between them (a step
-of many small kernels loses time to their launch latency; NOTES, session 8). The same trace file can be summarized
-again here with `--summarize FILE --steps N` (N: the steps traced).
+Traces `--steps` train steps (with `--denoiser`: calls of the denoiser that `--mode bench` times, at
+sample.batch_size, with the parameters of a fresh train state) with `jax.profiler` (a Perfetto JSON trace,
+OUT/.../perfetto_trace.json.gz, which ui.perfetto.dev opens), then sums the device events by name per trace row ("XLA
+Ops", each stream) and prints the largest, in ms per step, after each row's count of events, of short ones and of the
+idle time between them (a step of many small kernels loses time to their launch latency; NOTES, session 8). The same
+trace file can be summarized again here with `--summarize FILE --steps N` (N: the steps traced).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/NAME.py[:VARIANT]", lock_config=True)
 _OUT = flags.DEFINE_string("out", "/tmp/diffax_profile", "Directory for the trace.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Traced train steps.")
+_DENOISER = flags.DEFINE_bool("denoiser", False, "Profile the sampler's denoiser instead of the train step.")
 _TOP = flags.DEFINE_integer("top", 25, "Rows printed per trace row kind.")
 _SUMMARIZE = flags.DEFINE_string("summarize", None, "Only summarize this perfetto_trace.json.gz.")
 
@@ -78,23 +82,31 @@ def main(argv):
     import jax
 
     from diffax import parallel
-    from diffax.modes.bench import bench_experiment, prepare_train
+    from diffax.modes.bench import bench_experiment, prepare_denoiser, prepare_train
 
     config = _CONFIG.value
     experiment = bench_experiment(config)
     mesh = parallel.mesh_from_config(config.mesh)
     batch_size = config.bench.batch_size or config.train.batch_size
-    _, train_step, held, batches, _ = prepare_train(experiment, mesh, batch_size)
+    _, train_step, held, batches, runner = prepare_train(experiment, mesh, batch_size)
+    if _DENOISER.value:
+        denoise, args = prepare_denoiser(experiment, mesh, runner.state(held).params)
+        step, steps_per_call = lambda: denoise(*args), 1
+    else:
+        def step():
+            nonlocal held
+            held, _ = train_step(held, batches)
+            return held
+        steps_per_call = config.train.steps_per_dispatch
     for _ in range(3):  # Warm-up.
-        held, _ = train_step(held, batches)
-    jax.block_until_ready(held)
+        jax.block_until_ready(step())
     with jax.profiler.trace(_OUT.value, create_perfetto_trace=True):
         for _ in range(_STEPS.value):
-            held, _ = train_step(held, batches)
-        jax.block_until_ready(held)
+            out = step()
+        jax.block_until_ready(out)
     trace_file = max(glob.glob(os.path.join(_OUT.value, "**", "perfetto_trace.json.gz"), recursive=True))
     print("trace:", trace_file)
-    summarize(trace_file, _STEPS.value * config.train.steps_per_dispatch, _TOP.value)
+    summarize(trace_file, _STEPS.value * steps_per_call, _TOP.value)
 
 
 if __name__ == "__main__":

@@ -125,9 +125,13 @@ def bench_train(experiment: Experiment, mesh, batch_size: int) -> tuple[dict, ob
     return results, runner.state(held).params
 
 
-def bench_sampling(experiment: Experiment, mesh, params) -> dict:
-    settings = generate.SamplerSettings.from_config(experiment.config.sample,
-                                                    num_steps=experiment.config.bench.sample_steps)
+def sampler_settings(config: ml_collections.ConfigDict) -> generate.SamplerSettings:
+    return generate.SamplerSettings.from_config(config.sample, num_steps=config.bench.sample_steps)
+
+
+def prepare_denoiser(experiment: Experiment, mesh, params) -> tuple[object, tuple]:
+    """(the compiled denoiser the sampler calls, its arguments at sample.batch_size) for timing or profiling."""
+    settings = sampler_settings(experiment.config)
     batch_size = experiment.config.sample.batch_size
     cond = generate.null_conditions(experiment, batch_size)  # The shapes, and so the cost, of real ones.
     sharding = parallel.batch_sharding(mesh)
@@ -140,8 +144,16 @@ def bench_sampling(experiment: Experiment, mesh, params) -> dict:
         return generate.make_denoiser(experiment, params, cond, settings.guidance_scale,
                                       settings.clip_denoised)(x, t)
 
-    _, denoise = _compile(denoise, params, x, t, cond)
-    denoise_seconds = seconds_per_call(denoise, params, x, t, cond, repeats=experiment.config.bench.steps)
+    args = (params, x, t, cond)
+    return _compile(denoise, *args)[1], args
+
+
+def bench_sampling(experiment: Experiment, mesh, params) -> dict:
+    settings = sampler_settings(experiment.config)
+    batch_size = experiment.config.sample.batch_size
+    cond = generate.null_conditions(experiment, batch_size)
+    denoise, args = prepare_denoiser(experiment, mesh, params)
+    denoise_seconds = seconds_per_call(denoise, *args, repeats=experiment.config.bench.steps)
     generator = generate.make_generator(experiment, settings, mesh, batch_size)
     indices = np.arange(batch_size, dtype=np.int32)
     compile_seconds, sampler = _compile(generator, params, jnp.uint32(0), indices, cond, {})
