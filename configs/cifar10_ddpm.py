@@ -23,6 +23,8 @@ def get_config(variant: str = ""):
     config.model.kwargs.hashed_dropout = True  # Keep decisions hashed from element indices (diffax.nets.dropout).
     config.model.kwargs.compute_dtype_norms = True  # GroupNorm outputs in the compute dtype (diffax.nets.layers).
     config.model.kwargs.stem_head_as_matmuls = True  # 3x3 convolutions from / to 3 channels (layers.MatmulConv3x3).
+    config.model.kwargs.subpixel_upsample = True  # Upsampling's convolution on the low-res grid (UpsampledConv3x3).
+    config.model.kwargs.fold_attention_biases = True  # k's bias left out, v's folded into out's (attention.Attention).
     config.diffusion.schedule = "vp_discrete"
     config.diffusion.schedule_kwargs.update(num_steps=1000, beta_start=1e-4, beta_end=0.02)
     config.diffusion.prediction = "eps"

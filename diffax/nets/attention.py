@@ -96,14 +96,26 @@ class Attention(nn.Module):
     fused product: a slice copies the output, and each separate bias can be fused into its matrix product's
     epilogue, which a slice of a fused bias cannot.
 
+    `fold_biases` (a speed option, off unless a recipe turns it on) computes the same function with two of the four
+    bias additions left out, the parameters unchanged. k's bias adds q . b_k to every logit of a query, which the
+    softmax cancels; since each row of attention weights sums to 1, v's bias passes through the attention unchanged
+    and, through the output projection, becomes part of its bias:
+
+        softmax(q (k + b_k)^T / sqrt(d)) (v + b_v) W_o + b_o = softmax(q k^T / sqrt(d)) v W_o + (b_v W_o + b_o)
+
+    XLA's GPU backend does not fuse these biases into the products' epilogues in the DDPM UNet, so each one costs a
+    pass over (B, T, D) (benchmarks/NOTES.md, session 13); b_k's gradient, zero in exact arithmetic, is exactly zero.
+
     Attributes:
       num_heads: heads; the width of x must be divisible by it.
       zero_output: zero-initialize the output projection (residual branches start as the identity).
+      fold_biases: leave out k's bias and fold v's into the output projection's (see above).
     """
 
     num_heads: int = 1
     zero_output: bool = True
     implementation: AttentionImplementation = None
+    fold_biases: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -115,18 +127,45 @@ class Attention(nn.Module):
             raise ValueError(f"width {features} is not divisible by num_heads {self.num_heads}")
         precision = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         dense = functools.partial(nn.Dense, features, **precision)
+        out_init = zero_init if self.zero_output else xavier_init
         if context is None:
-            fused = functools.partial(dense, kernel_init=split_xavier_init(3))
-            q, k, v = (fused(name=name)(x) for name in "qkv")
+            inputs, inits = dict.fromkeys("qkv", x), dict.fromkeys("qkv", split_xavier_init(3))
         else:
-            q = dense(kernel_init=xavier_init, name="q")(x)
-            fused = functools.partial(dense, kernel_init=split_xavier_init(2))
-            k, v = (fused(name=name)(context) for name in "kv")
+            inputs = {"q": x, "k": context, "v": context}
+            inits = {"q": xavier_init, "k": split_xavier_init(2), "v": split_xavier_init(2)}
+        if self.fold_biases:
+            stored = {name: DenseWeights(features, inits[name], self.param_dtype, name=name)(inputs[name].shape[-1])
+                      for name in "qkv"}
+            stored["out"] = DenseWeights(features, out_init, self.param_dtype, name="out")(features)
+            weights = {name: nn.dtypes.promote_dtype(*pair, dtype=self.dtype) for name, pair in stored.items()}
+            q, k, v = (inputs[name].astype(self.dtype) @ weights[name][0] for name in "qkv")
+            q = q + weights["q"][1]
+        else:
+            q, k, v = (dense(kernel_init=inits[name], name=name)(inputs[name]) for name in "qkv")
         # (B, T, heads, head_dim), named for remat's "dense" policy
         q, k, v = (checkpoint_name(a, DENSE).reshape(*a.shape[:2], self.num_heads, -1) for a in (q, k, v))
         out = jax.nn.dot_product_attention(q, k, v, implementation=choose_implementation(self.implementation, q, k))
-        out_init = zero_init if self.zero_output else xavier_init
-        return checkpoint_name(dense(kernel_init=out_init, name="out")(out.reshape(batch, length, features)), DENSE)
+        out = out.reshape(batch, length, features)
+        if self.fold_biases:
+            (_, v_bias), (out_kernel, out_bias) = stored["v"], stored["out"]
+            out = out @ weights["out"][0] + (v_bias @ out_kernel + out_bias).astype(self.dtype)
+        else:
+            out = dense(kernel_init=out_init, name="out")(out)
+        return checkpoint_name(out, DENSE)
+
+
+class DenseWeights(nn.Module):
+    """nn.Dense's parameters, `kernel` (C_in, features) and `bias` (features,) initialized to zero, returned
+    rather than applied, for a caller that places the bias itself (`Attention.fold_biases`)."""
+
+    features: int
+    kernel_init: Any = xavier_init
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+        return (self.param("kernel", self.kernel_init, (in_features, self.features), self.param_dtype),
+                self.param("bias", zero_init, (self.features,), self.param_dtype))
 
 
 class SpatialAttention(nn.Module):
@@ -141,6 +180,7 @@ class SpatialAttention(nn.Module):
       norm_groups: GroupNorm groups; None for `layers.num_groups(channels)`.
       two_stage_bias_grads: the GroupNorm's backward in closed form (see `diffax.nets.norm_grads`).
       compute_dtype_norms: the GroupNorm's output in `dtype` rather than float32 (see `diffax.nets.layers`).
+      fold_biases: `Attention.fold_biases`.
     """
 
     head_channels: int | None = None
@@ -152,6 +192,7 @@ class SpatialAttention(nn.Module):
     norm_groups: int | None = None
     two_stage_bias_grads: bool = False
     compute_dtype_norms: bool = False
+    fold_biases: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
@@ -164,8 +205,8 @@ class SpatialAttention(nn.Module):
                                 two_stage_bias_grads=self.two_stage_bias_grads,
                                 dtype=norm_output_dtype(self.dtype, self.compute_dtype_norms))(x)
             tokens = tokens.reshape(batch, height * width, channels)
-            attention = Attention(num_heads, implementation=self.implementation, dtype=self.dtype,
-                                  param_dtype=self.param_dtype)
+            attention = Attention(num_heads, implementation=self.implementation, fold_biases=self.fold_biases,
+                                  dtype=self.dtype, param_dtype=self.param_dtype)
             return self.skip_scale * (x + attention(tokens, context).reshape(x.shape))
 
         x = attend(x, None)

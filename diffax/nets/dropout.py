@@ -13,7 +13,7 @@ backend computes those in kernels of their own and writes the bits out, which th
 then read: in the DDPM CIFAR-10 UNet at batch 128, 364 MB of uint32 a step (benchmarks/NOTES.md, session 10). The
 hash is cheap enough that XLA fuses it into the kernels that apply the mask, forward and backward, and no bits are
 written. It is not a cryptographic generator: the tests check the keep rate, the mean, and that neighbouring
-elements, channels, examples and successive keys give uncorrelated decisions. The index comes from iotas, which
+elements, channels, examples and successive keys give uncorrelated decisions. The index comes from an iota, which
 XLA's SPMD partitioner offsets per shard, so a sharded batch gets the unsharded mask with no collective.
 """
 

@@ -17,6 +17,13 @@ import jax
 import jax.numpy as jnp
 
 
+# Options that compute the same function another way, set to the plain way: cuDNN attention and the Pallas norm
+# kernels have no CPU lowering (XLA's versions count the same); the sub-pixel upsampling does fewer multiply-adds for
+# the same convolution, and MFU counts the model's FLOPs, not those of how it is computed.
+PLAIN_IMPLEMENTATION = {"attention_implementation": "xla", "norm_implementation": "xla", "subpixel_upsample": False,
+                        "fold_attention_biases": False}
+
+
 def cost_analysis_flops(compiled: jax.stages.Compiled) -> float:
     """The 'flops' entry of `compiled.cost_analysis()`, which is a dict or (older jax) a list of dicts."""
     analysis = compiled.cost_analysis()
@@ -41,11 +48,7 @@ def forward_flops_per_example(model: nn.Module, input_shape: Sequence[int],
     Returns:
       FLOPs per example.
     """
-    # cuDNN attention and the Pallas norm kernels have no CPU lowering; XLA's versions count the same.
-    if hasattr(model, "attention_implementation"):
-        model = model.clone(attention_implementation="xla")
-    if hasattr(model, "norm_implementation"):
-        model = model.clone(norm_implementation="xla")
+    model = model.clone(**{name: value for name, value in PLAIN_IMPLEMENTATION.items() if hasattr(model, name)})
     inputs = (jax.ShapeDtypeStruct((batch_size, *input_shape), jnp.float32),)
     if noise_conditioned:
         inputs += (jax.ShapeDtypeStruct((batch_size,), jnp.float32), cond)

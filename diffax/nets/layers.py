@@ -234,7 +234,7 @@ def upsample_2d(x: jax.Array, taps: tuple[int, ...] = (1, 1)) -> jax.Array:
     taps (1, 1) is nearest-neighbour upsampling (DDPM, ADM, DDPM++).
     x (B, H, W, C) -> (B, 2H, 2W, C).
     """
-    if tuple(taps) == (1, 1):  # Nearest neighbour as a broadcast, which XLA fuses into the next operation.
+    if tuple(taps) == (1, 1):  # Nearest neighbour as a broadcast, which XLA fuses into a next elementwise op.
         batch, height, width, channels = x.shape
         x = jnp.broadcast_to(x[:, :, None, :, None, :], (batch, height, 2, width, 2, channels))
         return x.reshape(batch, 2 * height, 2 * width, channels)
@@ -271,17 +271,63 @@ class Downsample(nn.Module):
                        dtype=self.dtype, param_dtype=self.param_dtype)(x)
 
 
-class Upsample(nn.Module):
-    """Plain 2x upsampling: nearest neighbour then a 3x3 convolution (DDPM, ADM without resblock_updown)."""
+# Which low-resolution rows (offsets -1, 0, +1) the 3 kernel rows of a 3x3 convolution read after nearest 2x
+# upsampling, for even (phase 0) and odd (phase 1) output rows: phase 0 reads rows (i-1, i, i), phase 1 (i, i, i+1).
+SUBPIXEL_TAPS = np.array([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], np.float32)  # (phase, 2 taps, 3 rows)
 
+
+class UpsampledConv3x3(nn.Module):
+    """A 3x3 convolution (zero padding 1) of the nearest-neighbour 2x upsampled input, with nn.Conv's parameters
+    (`kernel` (3, 3, C_in, C_out), `bias`), computed on the low-resolution grid as four 2x2 convolutions, one per
+    output phase (a, b) = (row, column) parity (sub-pixel convolution; Shi et al. 2016, Odena et al. 2016):
+
+        y[2i + a, 2j + b] = sum_{p, q} x_pad[i + a + p, j + b + q] K_ab[p, q]
+        K_ab[p, q] = sum_{r, s} T_a[p, r] T_b[q, s] W[r, s]
+
+    T = SUBPIXEL_TAPS, x_pad padded by 1, p and q in {0, 1}. The same function as `nn.Conv(3x3)(upsample_2d(x))`
+    with 16 taps per low-resolution pixel instead of 36, and no upsampled copy of the input, which XLA cannot fuse
+    into cuDNN's convolution and so writes out (benchmarks/NOTES.md, session 13).
+    """
+
+    features: int
+    kernel_init: Callable[..., jax.Array] = xavier_init
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x (B, H, W, C_in) -> (B, 2H, 2W, features)."""
+        batch, height, width, channels = x.shape
+        kernel = self.param("kernel", self.kernel_init, (3, 3, channels, self.features), self.param_dtype)
+        bias = self.param("bias", zero_init, (self.features,), self.param_dtype)
+        phase_kernels = jnp.einsum("apr,bqs,rsio->abpqio", SUBPIXEL_TAPS, SUBPIXEL_TAPS, kernel)
+        x, phase_kernels, bias = nn.dtypes.promote_dtype(x, phase_kernels, bias, dtype=self.dtype)
+        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        phases = [[jax.lax.conv_general_dilated(padded[:, a:a + height + 1, b:b + width + 1], phase_kernels[a, b],
+                                                (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                   for b in range(2)] for a in range(2)]
+        y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # (B, H, 2, W, 2, features)
+        return y.reshape(batch, 2 * height, 2 * width, self.features) + bias
+
+
+class Upsample(nn.Module):
+    """Plain 2x upsampling: nearest neighbour then a 3x3 convolution (DDPM, ADM without resblock_updown).
+
+    `subpixel` (a speed option, off unless a recipe turns it on) computes the same with `UpsampledConv3x3`.
+    """
+
+    subpixel: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """x (B, H, W, C) -> (B, 2H, 2W, C)."""
+        precision = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.subpixel:
+            return UpsampledConv3x3(x.shape[-1], name="Conv_0", **precision)(x)
         return nn.Conv(x.shape[-1], (3, 3), padding=((1, 1), (1, 1)), kernel_init=xavier_init,
-                       dtype=self.dtype, param_dtype=self.param_dtype)(upsample_2d(x))
+                       **precision)(upsample_2d(x))
 
 
 class ResBlock(nn.Module):

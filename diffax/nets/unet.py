@@ -81,6 +81,10 @@ class UNet(nn.Module):
         `dtype` rather than float32, statistics still in float32 (a speed option; see diffax.nets.layers).
       stem_head_as_matmuls: the stem and head convolutions as matrix products, same parameters (a speed option for
         few image channels; see diffax.nets.layers.MatmulConv3x3).
+      subpixel_upsample: the decoder's nearest 2x upsampling and 3x3 convolution as four 2x2 convolutions on the
+        low-resolution grid, same parameters (a speed option; see diffax.nets.layers.UpsampledConv3x3).
+      fold_attention_biases: attention without k's bias and with v's folded into the output projection's, the same
+        function and parameters (a speed option; see diffax.nets.attention.Attention).
       dtype, param_dtype: compute and parameter dtypes.
     """
 
@@ -111,6 +115,8 @@ class UNet(nn.Module):
     hashed_dropout: bool = False
     compute_dtype_norms: bool = False
     stem_head_as_matmuls: bool = False
+    subpixel_upsample: bool = False
+    fold_attention_biases: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -148,12 +154,15 @@ class UNet(nn.Module):
         def attention(h: jax.Array, name: str) -> jax.Array:
             return attention_cls(self.head_channels, self.skip_scale, self.norm_eps, self.attention_implementation,
                                  two_stage_bias_grads=self.two_stage_bias_grads,
-                                 compute_dtype_norms=self.compute_dtype_norms, name=name, **precision)(h, context)
+                                 compute_dtype_norms=self.compute_dtype_norms,
+                                 fold_biases=self.fold_attention_biases, name=name, **precision)(h, context)
 
         def resample(h: jax.Array, direction: str, name: str) -> jax.Array:
             if self.resample == "resblock":
                 return res_block(h, h.shape[-1], name, direction)
-            return (Downsample if direction == "down" else Upsample)(name=name, **precision)(h)
+            if direction == "down":
+                return Downsample(name=name, **precision)(h)
+            return Upsample(subpixel=self.subpixel_upsample, name=name, **precision)(h)
 
         def conv3x3(features: int, kernel_init, name: str) -> nn.Module:
             if self.stem_head_as_matmuls:

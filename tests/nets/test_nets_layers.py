@@ -1,6 +1,6 @@
-"""Building blocks against independent references: attention, FIR resampling, embeddings, group counts, the
-two-stage bias gradients and the 3x3 convolution as matrix products against Flax's own layers (the closed-form
-GroupNorm: test_nets_norm_grads.py)."""
+"""Building blocks against independent references: attention (with and without folded biases), FIR resampling,
+embeddings, group counts, the two-stage bias gradients, the 3x3 convolution as matrix products and the sub-pixel
+upsampling convolution against Flax's own layers (the closed-form GroupNorm: test_nets_norm_grads.py)."""
 
 import functools
 import types
@@ -15,7 +15,8 @@ import pytest
 from diffax.nets import attention as attention_lib
 from diffax.nets.attention import Attention
 from diffax.nets.embeddings import fourier_embedding, sincos_2d_positions, sinusoidal_embedding
-from diffax.nets.layers import Conv, MatmulConv3x3, add_bias, downsample_2d, num_groups, split_xavier_init, upsample_2d
+from diffax.nets.layers import (Conv, MatmulConv3x3, UpsampledConv3x3, add_bias, downsample_2d, num_groups,
+                                split_xavier_init, upsample_2d)
 from diffax.nets.unet import UNet
 
 
@@ -50,6 +51,24 @@ def test_self_attention_matches_reference():
     assert {name: params[name]["kernel"].shape for name in "qkv"} == {"q": (16, 16), "k": (16, 16), "v": (16, 16)}
     out = jax.jit(module.apply)({"params": params}, x)
     np.testing.assert_allclose(out, reference_attention(x, x, params, 2), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_folded_biases_match_reference_with_every_bias(cross):
+    """fold_biases leaves k's bias out and adds v's after the output projection: the numpy reference adds all four
+    where they belong. Same parameters as the plain layer; k's bias gets an exactly zero gradient."""
+    x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+    context = jax.random.normal(jax.random.key(1), (2, 7, 12)) if cross else None
+    module = Attention(num_heads=2, zero_output=False, fold_biases=True)
+    params = jax.jit(module.init)(jax.random.key(2), x, context)["params"]
+    chex.assert_trees_all_equal(params, Attention(num_heads=2, zero_output=False).init(jax.random.key(2), x,
+                                                                                       context)["params"])
+    params = jax.tree.map(lambda p: p + 0.5 * jax.random.normal(jax.random.key(3), p.shape), params)
+    out = jax.jit(module.apply)({"params": params}, x, context)
+    reference = reference_attention(x, x if context is None else context, params, 2)
+    np.testing.assert_allclose(out, reference, rtol=1e-4, atol=1e-5)
+    grads = jax.grad(lambda p: jnp.sum(module.apply({"params": p}, x, context) ** 2))(params)
+    assert not np.any(grads["k"]["bias"]) and np.all(np.abs(grads["v"]["bias"]) > 0)
 
 
 def test_split_xavier_init_is_a_block_of_the_fused_xavier_matrix():
@@ -254,6 +273,43 @@ class TestMatmulConv3x3(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_as_many_channels_out_as_in(self):
         matmul_conv3x3_matches_flax_conv(4, 4, self.variant)
+
+
+def upsampled_conv3x3_matches_conv_of_upsampled_input(in_channels, features, variant):
+    """Same parameter tree and initial values as nn.Conv's 3x3 'same' convolution of the nearest-neighbour upsampled
+    input; the same outputs and gradients (parameters and input), on a non-square input."""
+    x = jax.random.normal(jax.random.key(0), (2, 5, 7, in_channels))
+    ours = UpsampledConv3x3(features)
+    flax_conv = nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=nn.initializers.xavier_uniform())
+    params = ours.init(jax.random.key(1), x)
+    chex.assert_trees_all_equal(params, flax_conv.init(jax.random.key(1), upsample_2d(x)))
+    params = _perturbed(params)
+    loss = lambda p, x: jnp.sum(jnp.sin(ours.apply(p, x)))  # noqa: E731
+    reference = lambda p, x: jnp.sum(jnp.sin(flax_conv.apply(p, upsample_2d(x))))  # noqa: E731
+    got = variant(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+    expected = jax.jit(jax.value_and_grad(reference, argnums=(0, 1)))(params, x)
+    chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert ours.apply(params, x).shape == (2, 10, 14, features)
+
+
+class TestUpsampledConv3x3(chex.TestCase):
+    """The sub-pixel form with more and with fewer output channels than input channels, under jit and without."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_more_output_channels(self):
+        upsampled_conv3x3_matches_conv_of_upsampled_input(4, 6, self.variant)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_fewer_output_channels(self):
+        upsampled_conv3x3_matches_conv_of_upsampled_input(6, 4, self.variant)
+
+
+def test_unet_subpixel_upsample_keeps_parameters_and_gradients(plain_unet):
+    same_unet_as_plain(plain_unet, "subpixel_upsample", value_rtol=1e-5)
+
+
+def test_unet_fold_attention_biases_keeps_parameters_and_gradients(plain_unet):
+    same_unet_as_plain(plain_unet, "fold_attention_biases", value_rtol=1e-5)
 
 
 def test_unet_stem_head_as_matmuls_keeps_parameters_and_gradients(plain_unet):
