@@ -29,6 +29,8 @@ def get_config(variant: str = ""):
     config.data.random_flip = True
     config.model.name = "autoencoder_kl_f8"
     config.model.compute_dtype = "bfloat16"
+    # The decoder's upsampling convolutions on the low-res grid, same parameters (nets.layers.UpsampledConv3x3).
+    config.model.kwargs.subpixel_upsample = True
     autoencoder = config.autoencoder
     autoencoder.perceptual = "ms_ssim"
     autoencoder.perceptual_weight = 1.0

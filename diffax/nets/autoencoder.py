@@ -110,6 +110,7 @@ class _Blocks:
     norm_groups: int
     dropout: float
     attention_implementation: AttentionImplementation
+    subpixel_upsample: bool
     dtype: Dtype
     param_dtype: Dtype
 
@@ -159,7 +160,7 @@ class ResampleBlock(nn.Module):
         if self.resample == "down":
             x = Downsample(padding=((0, 1), (0, 1)), name="downsamplers_0", **precision)(x)
         elif self.resample == "up":
-            x = Upsample(name="upsamplers_0", **precision)(x)
+            x = Upsample(subpixel=b.subpixel_upsample, name="upsamplers_0", **precision)(x)
         return x
 
 
@@ -173,12 +174,14 @@ class _Coder(nn.Module):
     norm_groups: int = 32
     dropout: float = 0.0
     attention_implementation: AttentionImplementation = None
+    subpixel_upsample: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @property
     def blocks(self) -> _Blocks:
-        return _Blocks(self.norm_groups, self.dropout, self.attention_implementation, self.dtype, self.param_dtype)
+        return _Blocks(self.norm_groups, self.dropout, self.attention_implementation, self.subpixel_upsample,
+                       self.dtype, self.param_dtype)
 
 
 class Encoder(_Coder):
@@ -231,6 +234,8 @@ class AutoencoderKL(nn.Module):
       norm_groups: GroupNorm groups (32; must divide every width).
       dropout: inside the ResBlocks ('dropout' rng, train=True); 0 in the published configs.
       attention_implementation: 'xla', 'cudnn' or None (see diffax.nets.attention).
+      subpixel_upsample: the decoder's upsampling convolutions on the low-resolution grid, same parameters (a speed
+        option; see diffax.nets.layers.UpsampledConv3x3).
       dtype, param_dtype: compute and parameter dtypes.
     """
 
@@ -242,6 +247,7 @@ class AutoencoderKL(nn.Module):
     norm_groups: int = 32
     dropout: float = 0.0
     attention_implementation: AttentionImplementation = None
+    subpixel_upsample: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -254,8 +260,8 @@ class AutoencoderKL(nn.Module):
         settings = dict(channels=self.channels, channel_mult=tuple(self.channel_mult),
                         num_res_blocks=self.num_res_blocks, latent_channels=self.latent_channels,
                         norm_groups=self.norm_groups, dropout=self.dropout,
-                        attention_implementation=self.attention_implementation, dtype=self.dtype,
-                        param_dtype=self.param_dtype)
+                        attention_implementation=self.attention_implementation,
+                        subpixel_upsample=self.subpixel_upsample, dtype=self.dtype, param_dtype=self.param_dtype)
         self.encoder = Encoder(**settings)
         self.decoder = Decoder(out_channels=self.out_channels, **settings)
         conv1x1 = functools.partial(nn.Conv, kernel_size=(1, 1), kernel_init=xavier_init, dtype=self.dtype,

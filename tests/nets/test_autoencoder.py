@@ -204,6 +204,15 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs(randomized_like):
         jnp.abs(reference_posterior.mean).max())
 
 
+def test_subpixel_upsampling_keeps_parameters_and_outputs(randomized_like):
+    """The decoder's upsampling convolutions on the low-resolution grid: the same parameters and reconstruction."""
+    fast = build_network("autoencoder_kl_tiny", subpixel_upsample=True)
+    chex.assert_trees_all_equal(init(fast, X), tiny_variables())
+    variables, key = randomized_like(shapes_of(TINY, X.shape)), jax.random.key(2)
+    out, _ = jax.jit(lambda v, x: fast.apply(v, x, sample_posterior=True, key=key))(variables, X)
+    np.testing.assert_allclose(out, apply_tiny(variables, X, key)[0], rtol=1e-4, atol=1e-5)
+
+
 class JitTest(chex.TestCase):
     """The tiny autoencoder gives the same outputs with and without jit."""
 
