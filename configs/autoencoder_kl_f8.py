@@ -29,7 +29,7 @@ def get_config(variant: str = ""):
     config.data.random_flip = True
     config.model.name = "autoencoder_kl_f8"
     config.model.compute_dtype = "bfloat16"
-    # The decoder's upsampling convolutions on the low-res grid, same parameters (nets.layers.UpsampledConv3x3).
+    # The decoder's upsampling convolutions on the low-res grid, same parameters (nets.conv_forms.UpsampledConv3x3).
     config.model.kwargs.subpixel_upsample = True
     autoencoder = config.autoencoder
     autoencoder.perceptual = "ms_ssim"

@@ -235,7 +235,7 @@ class AutoencoderKL(nn.Module):
       dropout: inside the ResBlocks ('dropout' rng, train=True); 0 in the published configs.
       attention_implementation: 'xla', 'cudnn' or None (see diffax.nets.attention).
       subpixel_upsample: the decoder's upsampling convolutions on the low-resolution grid, same parameters (a speed
-        option; see diffax.nets.layers.UpsampledConv3x3).
+        option; see diffax.nets.conv_forms.UpsampledConv3x3).
       dtype, param_dtype: compute and parameter dtypes.
     """
 

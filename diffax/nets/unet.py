@@ -30,11 +30,11 @@ import jax
 import jax.numpy as jnp
 
 from diffax.nets.attention import AttentionImplementation, SpatialAttention
+from diffax.nets.conv_forms import MatmulConv3x3
 from diffax.nets.embeddings import ConditioningEmbedding, EmbeddingType, LabelConditioning, labels_and_context
 from diffax.nets.layers import (
     Downsample,
     Dtype,
-    MatmulConv3x3,
     ResBlock,
     Upsample,
     group_norm,
@@ -80,9 +80,9 @@ class UNet(nn.Module):
       compute_dtype_norms: every GroupNorm's output (and the conditioning added before a ResBlock's second norm) in
         `dtype` rather than float32, statistics still in float32 (a speed option; see diffax.nets.layers).
       stem_head_as_matmuls: the stem and head convolutions as matrix products, same parameters (a speed option for
-        few image channels; see diffax.nets.layers.MatmulConv3x3).
+        few image channels; see diffax.nets.conv_forms.MatmulConv3x3).
       subpixel_upsample: the decoder's nearest 2x upsampling and 3x3 convolution as four 2x2 convolutions on the
-        low-resolution grid, same parameters (a speed option; see diffax.nets.layers.UpsampledConv3x3).
+        low-resolution grid, same parameters (a speed option; see diffax.nets.conv_forms.UpsampledConv3x3).
       fold_attention_biases: attention without k's bias and with v's folded into the output projection's, the same
         function and parameters (a speed option; see diffax.nets.attention.Attention).
       dtype, param_dtype: compute and parameter dtypes.

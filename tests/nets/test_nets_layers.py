@@ -15,8 +15,8 @@ import pytest
 from diffax.nets import attention as attention_lib
 from diffax.nets.attention import Attention
 from diffax.nets.embeddings import fourier_embedding, sincos_2d_positions, sinusoidal_embedding
-from diffax.nets.layers import (Conv, MatmulConv3x3, UpsampledConv3x3, add_bias, downsample_2d, num_groups,
-                                split_xavier_init, upsample_2d)
+from diffax.nets.conv_forms import MatmulConv3x3, UpsampledConv3x3
+from diffax.nets.layers import Conv, add_bias, downsample_2d, num_groups, split_xavier_init, upsample_2d
 from diffax.nets.unet import UNet
 
 
@@ -244,17 +244,18 @@ def test_unet_two_stage_bias_grads_keeps_parameters_and_gradients(plain_unet):
     same_unet_as_plain(plain_unet, "two_stage_bias_grads", value_rtol=1e-6)
 
 
-def matmul_conv3x3_matches_flax_conv(in_channels, features, variant):
-    """Same parameter tree and initial values as nn.Conv's 3x3 'same' convolution; the same outputs and gradients
-    (parameters and input) on a non-square input."""
+def conv_form_matches_flax_conv(ours, flax_input, in_channels, features, variant):
+    """`ours` (a conv_forms module) on x against nn.Conv's 3x3 'same' convolution (Xavier-uniform kernel) of
+    flax_input(x): the same parameter tree and initial values, outputs and gradients (parameters and input), on a
+    non-square input."""
     x = jax.random.normal(jax.random.key(0), (2, 5, 7, in_channels))
-    ours, flax_conv = MatmulConv3x3(features), nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)))
+    flax_conv = nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=nn.initializers.xavier_uniform())
     params = ours.init(jax.random.key(1), x)
-    chex.assert_trees_all_equal(params, flax_conv.init(jax.random.key(1), x))
+    chex.assert_trees_all_equal(params, flax_conv.init(jax.random.key(1), flax_input(x)))
     params = _perturbed(params)
-    loss = lambda module, p, x: jnp.sum(jnp.sin(module.apply(p, x)))  # noqa: E731
-    got = variant(jax.value_and_grad(functools.partial(loss, ours), argnums=(0, 1)))(params, x)
-    expected = jax.jit(jax.value_and_grad(functools.partial(loss, flax_conv), argnums=(0, 1)))(params, x)
+    loss = lambda module, form, p, x: jnp.sum(jnp.sin(module.apply(p, form(x))))  # noqa: E731
+    got = variant(jax.value_and_grad(functools.partial(loss, ours, lambda x: x), argnums=(0, 1)))(params, x)
+    expected = jax.jit(jax.value_and_grad(functools.partial(loss, flax_conv, flax_input), argnums=(0, 1)))(params, x)
     chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -262,46 +263,37 @@ class TestMatmulConv3x3(chex.TestCase):
     """Both formulations (stacked shifted inputs for C_in <= C_out, summed shifted products otherwise), under jit
     and without."""
 
+    def check(self, in_channels, features):
+        conv = MatmulConv3x3(features, kernel_init=nn.initializers.xavier_uniform())
+        conv_form_matches_flax_conv(conv, lambda x: x, in_channels, features, self.variant)
+
     @chex.variants(with_jit=True, without_jit=True)
     def test_few_input_channels(self):
-        matmul_conv3x3_matches_flax_conv(3, 8, self.variant)
+        self.check(3, 8)
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_few_output_channels(self):
-        matmul_conv3x3_matches_flax_conv(8, 3, self.variant)
+        self.check(8, 3)
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_as_many_channels_out_as_in(self):
-        matmul_conv3x3_matches_flax_conv(4, 4, self.variant)
-
-
-def upsampled_conv3x3_matches_conv_of_upsampled_input(in_channels, features, variant):
-    """Same parameter tree and initial values as nn.Conv's 3x3 'same' convolution of the nearest-neighbour upsampled
-    input; the same outputs and gradients (parameters and input), on a non-square input."""
-    x = jax.random.normal(jax.random.key(0), (2, 5, 7, in_channels))
-    ours = UpsampledConv3x3(features)
-    flax_conv = nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=nn.initializers.xavier_uniform())
-    params = ours.init(jax.random.key(1), x)
-    chex.assert_trees_all_equal(params, flax_conv.init(jax.random.key(1), upsample_2d(x)))
-    params = _perturbed(params)
-    loss = lambda p, x: jnp.sum(jnp.sin(ours.apply(p, x)))  # noqa: E731
-    reference = lambda p, x: jnp.sum(jnp.sin(flax_conv.apply(p, upsample_2d(x))))  # noqa: E731
-    got = variant(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
-    expected = jax.jit(jax.value_and_grad(reference, argnums=(0, 1)))(params, x)
-    chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-5)
-    assert ours.apply(params, x).shape == (2, 10, 14, features)
+        self.check(4, 4)
 
 
 class TestUpsampledConv3x3(chex.TestCase):
-    """The sub-pixel form with more and with fewer output channels than input channels, under jit and without."""
+    """The sub-pixel form against the convolution of the nearest-neighbour upsampled input, with more and with
+    fewer output channels than input channels, under jit and without."""
+
+    def check(self, in_channels, features):
+        conv_form_matches_flax_conv(UpsampledConv3x3(features), upsample_2d, in_channels, features, self.variant)
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_more_output_channels(self):
-        upsampled_conv3x3_matches_conv_of_upsampled_input(4, 6, self.variant)
+        self.check(4, 6)
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_fewer_output_channels(self):
-        upsampled_conv3x3_matches_conv_of_upsampled_input(6, 4, self.variant)
+        self.check(6, 4)
 
 
 def test_unet_subpixel_upsample_keeps_parameters_and_gradients(plain_unet):
