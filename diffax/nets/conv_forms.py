@@ -55,22 +55,26 @@ class MatmulConv3x3(nn.Module):
         return y + bias
 
 
-# Which low-resolution rows (offsets -1, 0, +1) the 3 kernel rows of a 3x3 convolution read after nearest 2x
-# upsampling, for even (phase 0) and odd (phase 1) output rows: phase 0 reads rows (i-1, i, i), phase 1 (i, i, i+1).
-SUBPIXEL_TAPS = np.array([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], np.float32)  # (phase, 2 taps, 3 rows)
+# The 3x3 kernel's rows (0, 1, 2) summed into each of the 4 taps of the transposed convolution: after nearest 2x
+# upsampling, output row m reads low-resolution row r through kernel rows W_0 (m - 2r = 2), W_0 + W_1 (1),
+# W_1 + W_2 (0) and W_2 (-1); tap t of the convolution below stands for m - 2r = 2 - t.
+TRANSPOSED_TAPS = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1]], np.float32)  # (4 taps, 3 kernel rows)
 
 
 class UpsampledConv3x3(nn.Module):
     """A 3x3 convolution (zero padding 1) of the nearest-neighbour 2x upsampled input, with nn.Conv's parameters
-    (`kernel` (3, 3, C_in, C_out), `bias`), computed on the low-resolution grid as four 2x2 convolutions, one per
-    output phase (a, b) = (row, column) parity (sub-pixel convolution; Shi et al. 2016, Odena et al. 2016):
+    (`kernel` (3, 3, C_in, C_out), `bias`), computed on the low-resolution grid as one transposed convolution
+    (stride 2, 4x4 kernel; the sub-pixel convolution of Shi et al. 2016, Odena et al. 2016):
 
-        y[2i + a, 2j + b] = sum_{p, q} x_pad[i + a + p, j + b + q] K_ab[p, q]
-        K_ab[p, q] = sum_{r, s} T_a[p, r] T_b[q, s] W[r, s]
+        y[m, n] = sum_{r, s} x[r, s] K[2 - (m - 2r), 2 - (n - 2s)]       (K zero outside 0..3)
+        K[t, u] = sum_{a, b} T[t, a] T[u, b] W[a, b]                       T = TRANSPOSED_TAPS
 
-    T = SUBPIXEL_TAPS, x_pad padded by 1, p and q in {0, 1}. The same function as `nn.Conv(3x3)(upsample_2d(x))`
-    with 16 taps per low-resolution pixel instead of 36, and no upsampled copy of the input, which XLA cannot fuse
-    into cuDNN's convolution and so writes out (benchmarks/NOTES.md, session 13).
+    Per output phase (row and column parity) that is a 2x2 convolution of x: 16 taps per low-resolution pixel
+    instead of 36, and no upsampled copy of the input, which XLA cannot fuse into cuDNN's convolution and so writes
+    out. Written as an input-dilated convolution of the reversed kernel, which XLA's GPU backend hands to cuDNN as one
+    backward-data (transposed) convolution. Four 2x2 convolutions of the padded input and an interleave, the same
+    arithmetic, copied the four windows and wrote the interleaved output: 29% slower alone on an H200
+    (benchmarks/NOTES.md, session 14).
     """
 
     features: int
@@ -81,14 +85,13 @@ class UpsampledConv3x3(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """x (B, H, W, C_in) -> (B, 2H, 2W, features)."""
-        batch, height, width, channels = x.shape
+        channels = x.shape[-1]
         kernel = self.param("kernel", self.kernel_init, (3, 3, channels, self.features), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
-        phase_kernels = jnp.einsum("apr,bqs,rsio->abpqio", SUBPIXEL_TAPS, SUBPIXEL_TAPS, kernel)
-        x, phase_kernels, bias = nn.dtypes.promote_dtype(x, phase_kernels, bias, dtype=self.dtype)
-        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        phases = [[jax.lax.conv_general_dilated(padded[:, a:a + height + 1, b:b + width + 1], phase_kernels[a, b],
-                                                (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-                   for b in range(2)] for a in range(2)]
-        y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # (B, H, 2, W, 2, features)
-        return y.reshape(batch, 2 * height, 2 * width, self.features) + bias
+        # Built reversed and reversed back: XLA maps an input-dilated convolution to cuDNN's backward-data one only
+        # when its kernel is a spatial reverse (otherwise it runs a forward convolution over the dilated input).
+        reversed_kernel = jnp.einsum("tr,us,rsio->tuio", TRANSPOSED_TAPS[::-1], TRANSPOSED_TAPS[::-1], kernel)
+        x, reversed_kernel, bias = nn.dtypes.promote_dtype(x, reversed_kernel, bias, dtype=self.dtype)
+        y = jax.lax.conv_general_dilated(x, jax.lax.rev(reversed_kernel, (0, 1)), (1, 1), ((2, 2), (2, 2)),
+                                         lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + bias

@@ -81,8 +81,8 @@ class UNet(nn.Module):
         `dtype` rather than float32, statistics still in float32 (a speed option; see diffax.nets.layers).
       stem_head_as_matmuls: the stem and head convolutions as matrix products, same parameters (a speed option for
         few image channels; see diffax.nets.conv_forms.MatmulConv3x3).
-      subpixel_upsample: the decoder's nearest 2x upsampling and 3x3 convolution as four 2x2 convolutions on the
-        low-resolution grid, same parameters (a speed option; see diffax.nets.conv_forms.UpsampledConv3x3).
+      subpixel_upsample: the decoder's nearest 2x upsampling and 3x3 convolution as one transposed convolution of
+        the low-resolution input, same parameters (a speed option; see diffax.nets.conv_forms.UpsampledConv3x3).
       fold_attention_biases: attention without k's bias and with v's folded into the output projection's, the same
         function and parameters (a speed option; see diffax.nets.attention.Attention).
       dtype, param_dtype: compute and parameter dtypes.
