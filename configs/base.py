@@ -136,6 +136,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     sample.batch_size = 64     # Samples per sampler call.
     sample.guidance_scale = 1.0  # Classifier-free guidance (class_conditional models): 1 = conditional only.
     sample.clip_denoised = False  # Clip every x0 prediction to the data range [-1, 1] (images; DDPM and ADM do).
+    sample.cast_params = False  # Cast the parameters the network only uses cast once per sampler call (a speed option).
     sample.ema_index = 0       # Which EMA to sample from; -1: the raw parameters.
     sample.labels = ()         # Classes of the samples, cycled (class-conditional runs); (): 0, 1, 2, ...
     sample.seed = 0            # --mode sample: sample i is drawn from fold_in(PRNGKey(seed), i).

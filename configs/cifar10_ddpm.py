@@ -44,6 +44,7 @@ def get_config(variant: str = ""):
     config.train.checkpoint_every = 10_000
     config.train.sample_every = 50_000
     config.sample.clip_denoised = True
+    config.sample.cast_params = True  # bf16 weights cast once per sampler call (generate.sampler_params).
     config.sample.method = "ddpm"
     config.sample.num_steps = 1000
     config.sample.grid = "trailing"

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -148,13 +149,65 @@ def sampling_edit(experiment: Experiment, settings: SamplerSettings) -> Edit:
     return edit
 
 
+def sampler_params(experiment: Experiment, params: Any) -> Any:
+    """The parameters a sampler runs on: `params`, or with `sample.cast_params` (a speed option, off unless a recipe
+    turns it on) each float leaf that the network only ever uses converted to one narrower dtype (its compute
+    dtype) already converted. The casts then run once per sampler call instead of in every denoiser call, and on
+    GPUs a bias that enters a product as a bf16 array rather than as a cast's output stays in cuBLASLt's epilogue.
+    The network computes with the same values. Which leaves qualify is read off the network's jaxpr."""
+    if not experiment.config.sample.get("cast_params", False):
+        return params
+    leaves, treedef = jax.tree.flatten(params)
+    abstract = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves]
+    inputs = experiment.dummy_inputs()
+    closed = jax.make_jaxpr(lambda flat: experiment.net_fn(treedef.unflatten(flat), train=False)(*inputs))(abstract)
+    dtypes = narrowing_casts(closed.jaxpr, len(leaves))
+    return treedef.unflatten([leaf if dtype is None else leaf.astype(dtype) for leaf, dtype in zip(leaves, dtypes)])
+
+
+def narrowing_casts(jaxpr: jax.extend.core.Jaxpr, count: int) -> list[Any]:
+    """For each of the first `count` inputs of `jaxpr`: the dtype that all its uses convert it to, where every use
+    (through nested jit calls) is a conversion to one floating dtype narrower than its own; else None."""
+    uses = {var: set() for var in jaxpr.invars[:count]}
+
+    def visit(jaxpr, origin_of):  # origin_of: a variable of `jaxpr` -> the input of the outer jaxpr it carries
+        for var in jaxpr.outvars:
+            if isinstance(var, jax.extend.core.Var) and var in origin_of:
+                uses[origin_of[var]].add(None)
+        for eqn in jaxpr.eqns:
+            passed = {position: origin_of[var] for position, var in enumerate(eqn.invars)
+                      if isinstance(var, jax.extend.core.Var) and var in origin_of}
+            if not passed:
+                continue
+            if eqn.primitive.name == "convert_element_type":
+                uses[passed[0]].add(eqn.params["new_dtype"])
+            elif eqn.primitive.name in ("pjit", "jit", "closed_call"):
+                inner = getattr(eqn.params["jaxpr"], "jaxpr", eqn.params["jaxpr"])
+                visit(inner, {inner.invars[position]: origin for position, origin in passed.items()})
+            else:
+                for origin in passed.values():
+                    uses[origin].add(None)
+
+    visit(jaxpr, {var: var for var in uses})
+
+    def narrower(var, dtypes) -> Any:
+        if len(dtypes) != 1 or None in dtypes:
+            return None
+        (dtype,) = dtypes
+        own = var.aval.dtype
+        return dtype if (jnp.issubdtype(own, jnp.floating) and jnp.issubdtype(dtype, jnp.floating)
+                         and jnp.dtype(dtype).itemsize < jnp.dtype(own).itemsize) else None
+
+    return [narrower(var, dtypes) for var, dtypes in uses.items()]
+
+
 def make_generator(experiment: Experiment, settings: SamplerSettings, mesh: Mesh, batch_size: int,
                    edit: Edit | None = None):
     """A jitted generate(params, seed, indices (B,), cond (labels (B,), sequences (B, L, E) or None), inputs
     {name: (B, ...)}) -> (B, *example), replicated: edit(x0_fn, inputs, noise, keys) with the guided denoiser,
     the noise (B, *example) and solver keys (B,) of samples number `indices` of the draw with `seed` (module
-    docstring); by default `sampling_edit`. The batch is split over the mesh's devices when batch_size is a
-    multiple of their count.
+    docstring); by default `sampling_edit`. The denoiser runs on `sampler_params(experiment, params)`. The batch
+    is split over the mesh's devices when batch_size is a multiple of their count.
     """
     edit = edit or sampling_edit(experiment, settings)
     shape = experiment.example_shape
@@ -166,7 +219,8 @@ def make_generator(experiment: Experiment, settings: SamplerSettings, mesh: Mesh
         keys = jax.vmap(lambda i: jax.random.fold_in(solver_key, i))(indices)
         if batch_size % mesh.devices.size == 0:  # Split the examples over the devices (else replicated work).
             noise, inputs = jax.lax.with_sharding_constraint((noise, inputs), parallel.batch_sharding(mesh))
-        x0_fn = make_denoiser(experiment, params, cond, settings.guidance_scale, settings.clip_denoised)
+        x0_fn = make_denoiser(experiment, sampler_params(experiment, params), cond, settings.guidance_scale,
+                              settings.clip_denoised)
         return edit(x0_fn, inputs, noise, keys)
 
     return jax.jit(generate, out_shardings=parallel.replicated(mesh))

@@ -23,6 +23,7 @@ Peak FLOP/s is `bench.peak_flops`, else the dense bf16 figure of known accelerat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 
@@ -144,7 +145,7 @@ def prepare_denoiser(experiment: Experiment, mesh, params) -> tuple[object, tupl
         return generate.make_denoiser(experiment, params, cond, settings.guidance_scale,
                                       settings.clip_denoised)(x, t)
 
-    args = (params, x, t, cond)
+    args = (jax.jit(functools.partial(generate.sampler_params, experiment))(params), x, t, cond)
     return _compile(denoise, *args)[1], args
 
 
