@@ -73,8 +73,8 @@ class UpsampledConv3x3(nn.Module):
     instead of 36, and no upsampled copy of the input, which XLA cannot fuse into cuDNN's convolution and so writes
     out. Written as an input-dilated convolution of the reversed kernel, which XLA's GPU backend hands to cuDNN as one
     backward-data (transposed) convolution. Four 2x2 convolutions of the padded input and an interleave, the same
-    arithmetic, copied the four windows and wrote the interleaved output: 1.61 against 1.14 ms alone at
-    (1024, 16, 16, 256) on an H200 (benchmarks/NOTES.md, session 14).
+    arithmetic, copied the four windows and wrote the interleaved output, and ran slower (benchmarks/NOTES.md,
+    session 14).
     """
 
     features: int
