@@ -127,7 +127,7 @@ def main() -> None:
     for name, form in mlp_forms().items():
         forward = jax.jit(form)
         step = jax.jit(jax.grad(lambda *a, form=form: jnp.sum((form(*a) * cotangent).astype(jnp.float32)),
-                                argnums=range(5)))
+                                argnums=(0, 1, 2, 3, 4)))
         figures["mlp"][name] = attempt(name, lambda: dict(
             forward_ms=median_ms(forward, *mlp_args), forward_backward_ms=median_ms(step, *mlp_args),
             epilogues_forward=epilogues(forward, *mlp_args), epilogues_step=epilogues(step, *mlp_args)))
